@@ -1,0 +1,89 @@
+"""Session fixtures for tests against the real parts: Kafka and a Kubernetes API server.
+
+The environment comes from ``scripts/testenv`` (see docs/development.md). The fixtures find it
+through the variables ``scripts/testenv env`` prints (``KMETER_KAFKA_BOOTSTRAP``,
+``KUBECONFIG``), or, when those are unset, by asking ``scripts/testenv env`` themselves.
+
+Tests under ``tests/integration`` and ``tests/e2e`` are marked ``integration``. When the
+environment is missing they are skipped on a developer's machine, with the command that starts
+it, and they *fail* when ``CI`` is set: in CI a missing Kafka or API server is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.support.kube import Environment, KubeUsers
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(REPO).parts
+        if len(parts) > 1 and parts[1] in {"integration", "e2e"}:
+            item.add_marker(pytest.mark.integration)
+
+
+def _environment_from_script() -> dict[str, str]:
+    result = subprocess.run(
+        [str(REPO / "scripts" / "testenv"), "env"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        return {}
+    found: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        if line.startswith("export "):
+            key, _, value = line.removeprefix("export ").partition("=")
+            found[key] = shlex.split(value)[0] if value else ""
+    return found
+
+
+@pytest.fixture(scope="session")
+def testenv() -> Environment:
+    """The running test environment, or a skip (a failure under CI) when it is not up."""
+    bootstrap = os.environ.get("KMETER_KAFKA_BOOTSTRAP")
+    kubeconfig = os.environ.get("KUBECONFIG")
+    path = os.environ.get("PATH", "")
+    if not (bootstrap and kubeconfig):
+        found = _environment_from_script()
+        bootstrap = found.get("KMETER_KAFKA_BOOTSTRAP")
+        kubeconfig = found.get("KUBECONFIG")
+        path = found.get("PATH", path).replace("$PATH", path)
+    if not (bootstrap and kubeconfig and Path(kubeconfig).exists()):
+        message = (
+            "the real test environment is not up (no Kafka bootstrap / kubeconfig); "
+            "start it with `scripts/testenv up`"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return Environment(kafka_bootstrap=bootstrap, kubeconfig=Path(kubeconfig), path=path)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(testenv: Environment) -> str:
+    """``host:port`` of the real Kafka broker."""
+    return testenv.kafka_bootstrap
+
+
+@pytest.fixture(scope="session")
+def admin_kubeconfig(testenv: Environment) -> Path:
+    """An admin (``system:masters``) kubeconfig for the real API server."""
+    return testenv.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def kube_users(testenv: Environment) -> Iterator[KubeUsers]:
+    """Makes kubeconfigs for identities bound to a given (Cluster)Role, and cleans them up."""
+    users = KubeUsers(testenv)
+    yield users
+    users.delete_all()
