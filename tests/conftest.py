@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.support.faults import KafkaBroker
 from tests.support.kube import Environment, KubeUsers
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,3 +88,11 @@ def kube_users(testenv: Environment) -> Iterator[KubeUsers]:
     users = KubeUsers(testenv)
     yield users
     users.delete_all()
+
+
+@pytest.fixture
+def kafka_broker(testenv: Environment) -> Iterator[KafkaBroker]:
+    """The real broker, to stop and start in fault tests; always running again afterwards."""
+    broker = KafkaBroker()
+    yield broker
+    broker.start()  # a no-op when it runs
