@@ -14,12 +14,15 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kubernetes import client
 from tests.support.faults import KafkaBroker
 from tests.support.kube import Environment, KubeUsers
+from tests.support.operator import install_chart_rbac, install_crds
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -96,3 +99,26 @@ def kafka_broker(testenv: Environment) -> Iterator[KafkaBroker]:
     broker = KafkaBroker()
     yield broker
     broker.start()  # a no-op when it runs
+
+
+@pytest.fixture(scope="session")
+def kmeter_crds(testenv: Environment) -> None:
+    """kmeter's CRDs, as generated in crds/, applied to the real API server."""
+    install_crds(testenv)
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(testenv: Environment, kube_users: KubeUsers, kmeter_crds: None) -> Path:
+    """A kubeconfig for an identity bound to exactly the chart's operator ClusterRole."""
+    role = install_chart_rbac(testenv)
+    return kube_users.kubeconfig_for("ClusterRole", role)
+
+
+@pytest.fixture
+def namespace(testenv: Environment) -> Iterator[str]:
+    """A fresh namespace, deleted afterwards."""
+    core = client.CoreV1Api(testenv.api_client())
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    core.delete_namespace(name)

@@ -5,6 +5,9 @@ This module only wires subcommands to the modules that implement them; it holds 
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 from kmeter import __version__
@@ -26,6 +29,49 @@ def _root() -> None:
 def version() -> None:
     """Print kmeter's version."""
     typer.echo(__version__)
+
+
+@app.command()
+def operator() -> None:
+    """Run the operator: reconcile Meters and Quotas into Kafka topics and workers.
+
+    Configured by environment variables (KMETER_KAFKA_BOOTSTRAP, KMETER_IMAGE, ...; see
+    docs/operator.md). Credentials: the pod's ServiceAccount, else KUBECONFIG.
+    """
+    from kmeter.operator.main import run  # noqa: PLC0415 - keep other commands light
+    from kmeter.operator.settings import OperatorSettings, SettingsError  # noqa: PLC0415
+
+    try:
+        settings = OperatorSettings.from_environment()
+    except SettingsError as error:
+        typer.echo(f"kmeter operator: {error}", err=True)
+        raise typer.Exit(2) from None
+    run(settings)
+
+
+@app.command()
+def crds(
+    output_dir: Annotated[
+        Path, typer.Option(help="Folder of the CRD files.", file_okay=False)
+    ] = Path("crds"),
+    check: Annotated[
+        bool, typer.Option("--check", help="Write nothing; fail if the files differ.")
+    ] = False,
+) -> None:
+    """Write the CustomResourceDefinitions generated from the Meter and Quota models."""
+    from kmeter.resources import crd  # noqa: PLC0415 - keep other commands light
+
+    if check:
+        problems = crd.differences(output_dir)
+        for problem in problems:
+            typer.echo(problem, err=True)
+        if problems:
+            typer.echo("The CRDs are out of date: run `kmeter crds` and commit them.", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"{output_dir}: the CRDs match the models.")
+        return
+    for path in crd.write_all(output_dir):
+        typer.echo(f"wrote {path}")
 
 
 def main() -> None:

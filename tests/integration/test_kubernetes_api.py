@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -73,14 +72,6 @@ def eventually(probe: Callable[[], T | None], timeout: float = 30.0, what: str =
 @pytest.fixture(scope="module")
 def api(testenv: Environment) -> client.ApiClient:
     return testenv.api_client()
-
-
-@pytest.fixture
-def namespace(api: client.ApiClient) -> Iterator[str]:
-    name = f"testenv-{uuid.uuid4().hex[:8]}"
-    client.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
-    yield name
-    client.CoreV1Api(api).delete_namespace(name)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,217 @@
+"""Reconcile one Meter: its topics, its worker, its status. Level-based and idempotent.
+
+The same function runs on create, update, resume and every resync tick: it computes the whole
+desired state, applies it, and reports what it observed as conditions —
+
+* ``TopicsReady`` — the ingest, output and dead-letter topics exist with the declared layout
+  (reasons ``TopicsReconciled``, ``PartitionsCannotShrink`` (still True: the topic works, it
+  only has more partitions than asked), ``ReplicationFactorDiffers``, ``KafkaUnavailable``,
+  ``TopicError``);
+* ``WorkerDeployed`` — the worker Deployment and quota ConfigMap are applied as desired;
+* ``WorkerAvailable`` — the Deployment has available replicas. Informational: it does not gate
+  ``Ready``, because the Meter has done its part once the Deployment is applied, and whether
+  pods can be scheduled is the cluster's business (``kubectl describe deployment`` says why);
+* ``Ready`` — TopicsReady and WorkerDeployed.
+
+Each part is attempted even when another failed, so a Kafka outage does not stop the worker
+Deployment from being repaired, and the other way round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from kmeter import topics
+from kmeter.core.durations import parse_iso_duration
+from kmeter.kafka.admin import KafkaAdmin
+from kmeter.kafka.topics import KafkaUnavailable, TopicError, TopicOutcome, reconcile_topics
+from kmeter.kube.client import KubeApiError, KubeClient, resource_path
+from kmeter.operator.conditions import Condition, merge_conditions
+from kmeter.operator.meter_topics import TopicLayout, meter_topics
+from kmeter.operator.meter_worker import (
+    quotas_configmap,
+    quotas_configmap_name,
+    worker_deployment,
+    worker_name,
+)
+from kmeter.operator.settings import OperatorSettings
+
+TOPICS_READY = "TopicsReady"
+WORKER_DEPLOYED = "WorkerDeployed"
+WORKER_AVAILABLE = "WorkerAvailable"
+READY_GATES = (TOPICS_READY, WORKER_DEPLOYED)
+
+
+@dataclass
+class MeterOutcome:
+    """What a reconcile did: the new status, warnings for Events, and whether to retry soon."""
+
+    status: dict[str, Any]
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    retry_reason: str | None = None
+
+
+def topic_layout(spec: Mapping[str, Any]) -> TopicLayout:
+    topic = spec.get("topic") or {}
+    retention = parse_iso_duration(str(topic.get("retention", "P400D")))
+    return TopicLayout(
+        partitions=int(topic.get("partitions", 3)),
+        replication_factor=int(topic.get("replicationFactor", 1)),
+        retention_ms=int(retention.total_seconds() * 1000),
+    )
+
+
+async def reconcile_meter(
+    body: Mapping[str, Any],
+    *,
+    namespace_layouts: Iterable[TopicLayout],
+    quotas: Sequence[Mapping[str, Any]],
+    kube: KubeClient,
+    kafka: KafkaAdmin,
+    settings: OperatorSettings,
+    now: datetime,
+) -> MeterOutcome:
+    metadata = body["metadata"]
+    namespace, name = metadata["namespace"], metadata["name"]
+    spec = body.get("spec") or {}
+    outcome = MeterOutcome(status={})
+
+    topics_condition = await _reconcile_topics(
+        namespace,
+        name,
+        layout=topic_layout(spec),
+        namespace_layouts=namespace_layouts,
+        kafka=kafka,
+        outcome=outcome,
+    )
+    deployed, available = await _reconcile_worker(body, quotas, kube, settings, outcome)
+
+    previous = (body.get("status") or {}).get("conditions") or []
+    outcome.status = {
+        "observedGeneration": metadata.get("generation"),
+        "conditions": merge_conditions(
+            previous,
+            [topics_condition, deployed, available],
+            gates=READY_GATES,
+            generation=int(metadata.get("generation", 0)),
+            now=now,
+        ),
+        "topics": {
+            "ingest": topics.ingest_topic(namespace),
+            "output": topics.meter_topic(namespace, name),
+            "deadLetter": topics.dead_letter_topic(namespace),
+        },
+        "workerDeployment": worker_name(name),
+    }
+    return outcome
+
+
+async def _reconcile_topics(
+    namespace: str,
+    name: str,
+    *,
+    layout: TopicLayout,
+    namespace_layouts: Iterable[TopicLayout],
+    kafka: KafkaAdmin,
+    outcome: MeterOutcome,
+) -> Condition:
+    desired = meter_topics(namespace, name, layout, namespace_layouts)
+    try:
+        results = await reconcile_topics(kafka, desired)
+    except KafkaUnavailable as error:
+        outcome.retry_reason = str(error)
+        outcome.warnings.append(("KafkaUnavailable", str(error)))
+        return Condition(TOPICS_READY, "False", "KafkaUnavailable", str(error))
+    except TopicError as error:
+        outcome.warnings.append(("TopicError", str(error)))
+        outcome.retry_reason = str(error)
+        return Condition(TOPICS_READY, "False", "TopicError", str(error))
+    return _topics_condition(topics.meter_topic(namespace, name), results, outcome)
+
+
+def _topics_condition(
+    output_topic: str, results: Sequence[TopicOutcome], outcome: MeterOutcome
+) -> Condition:
+    names = ", ".join(result.name for result in results)
+    for result in results:
+        if result.shrink_refused is not None:
+            refused = result.shrink_refused
+            message = (
+                f"topic {result.name} has {refused.actual} partitions and spec asks for "
+                f"{refused.desired}; Kafka partitions never shrink, so the topic keeps "
+                f"{refused.actual} (counting is unaffected)"
+            )
+            outcome.warnings.append(("PartitionsCannotShrink", message))
+            return Condition(TOPICS_READY, "True", "PartitionsCannotShrink", message)
+    for result in results:
+        # Shared topics take the replication factor of the Meter that created them.
+        if result.name == output_topic and result.replication_factor_differs is not None:
+            differs = result.replication_factor_differs
+            message = (
+                f"topic {result.name} has replication factor {differs.actual}, spec asks for "
+                f"{differs.desired}; "
+                "kmeter does not reassign replicas (see docs/resources.md)"
+            )
+            return Condition(TOPICS_READY, "True", "ReplicationFactorDiffers", message)
+    return Condition(
+        TOPICS_READY, "True", "TopicsReconciled", f"Topics exist as declared: {names}."
+    )
+
+
+async def apply_worker(
+    body: Mapping[str, Any],
+    quotas: Sequence[Mapping[str, Any]],
+    *,
+    kube: KubeClient,
+    settings: OperatorSettings,
+) -> dict[str, Any]:
+    """Apply the Meter's quota ConfigMap and worker Deployment; returns the Deployment."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    await kube.apply(
+        resource_path("v1", "configmaps", namespace, quotas_configmap_name(name)),
+        quotas_configmap(body, quotas),
+    )
+    return await kube.apply(
+        resource_path("apps/v1", "deployments", namespace, worker_name(name)),
+        worker_deployment(body, body.get("spec") or {}, settings),
+    )
+
+
+async def _reconcile_worker(
+    body: Mapping[str, Any],
+    quotas: Sequence[Mapping[str, Any]],
+    kube: KubeClient,
+    settings: OperatorSettings,
+    outcome: MeterOutcome,
+) -> tuple[Condition, Condition]:
+    name = body["metadata"]["name"]
+    try:
+        applied = await apply_worker(body, quotas, kube=kube, settings=settings)
+    except KubeApiError as error:
+        message = f"cannot apply Deployment {worker_name(name)}: {error}"
+        outcome.warnings.append(("WorkerDeployFailed", message))
+        outcome.retry_reason = outcome.retry_reason or message
+        unknown = Condition(WORKER_AVAILABLE, "Unknown", "WorkerNotDeployed", message)
+        return Condition(WORKER_DEPLOYED, "False", "WorkerDeployFailed", message), unknown
+    replicas = int(applied["spec"]["replicas"])
+    deployed = Condition(
+        WORKER_DEPLOYED,
+        "True",
+        "WorkerDeployed",
+        f"Deployment {worker_name(name)} applied with {replicas} replica(s).",
+    )
+    ready = int((applied.get("status") or {}).get("availableReplicas") or 0)
+    if replicas == 0 or ready > 0:
+        return deployed, Condition(
+            WORKER_AVAILABLE, "True", "Available", f"{ready} of {replicas} worker(s) available."
+        )
+    return deployed, Condition(
+        WORKER_AVAILABLE,
+        "False",
+        "NoWorkerAvailable",
+        f"0 of {replicas} worker(s) available yet; see kubectl describe deployment "
+        f"{worker_name(name)}.",
+    )

@@ -1,0 +1,65 @@
+"""The Kafka topics a Meter needs, as desired state (pure).
+
+A Meter owns its output topic, ``kmeter.<ns>.meter.<name>``: compacted window totals, one
+record per (subject, group, window), kept for the Meter's retention after its last update
+(``cleanup.policy=compact,delete``).
+
+The namespace's ingest topic ``kmeter.<ns>.events`` and dead-letter topic are shared by all
+its Meters. Their layout is the *largest* any Meter of the namespace asks for — partitions and
+retention — so Meters never pull a shared topic back and forth, and a Meter asking for fewer
+partitions than the shared topic has is not a shrink. Replication factor cannot be changed
+through the admin API; it is set when a topic is created.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from kmeter import topics
+from kmeter.kafka.topics import DesiredTopic
+
+DEAD_LETTER_RETENTION_MS = 30 * 24 * 3600 * 1000
+DEAD_LETTER_PARTITIONS = 1
+
+
+@dataclass(frozen=True)
+class TopicLayout:
+    """What one Meter's ``spec.topic`` asks for."""
+
+    partitions: int
+    replication_factor: int
+    retention_ms: int
+
+
+def meter_topics(
+    namespace: str, meter: str, own: TopicLayout, namespace_layouts: Iterable[TopicLayout]
+) -> list[DesiredTopic]:
+    """Ingest, output and dead-letter topics for ``meter``.
+
+    ``namespace_layouts`` are the layouts of every Meter in the namespace (this one included
+    or not: it is added), for the shared topics.
+    """
+    layouts = [own, *namespace_layouts]
+    shared_partitions = max(layout.partitions for layout in layouts)
+    shared_retention = max(layout.retention_ms for layout in layouts)
+    return [
+        DesiredTopic(
+            name=topics.ingest_topic(namespace),
+            partitions=shared_partitions,
+            replication_factor=own.replication_factor,
+            configs={"cleanup.policy": "delete", "retention.ms": str(shared_retention)},
+        ),
+        DesiredTopic(
+            name=topics.meter_topic(namespace, meter),
+            partitions=own.partitions,
+            replication_factor=own.replication_factor,
+            configs={"cleanup.policy": "compact,delete", "retention.ms": str(own.retention_ms)},
+        ),
+        DesiredTopic(
+            name=topics.dead_letter_topic(namespace),
+            partitions=DEAD_LETTER_PARTITIONS,
+            replication_factor=own.replication_factor,
+            configs={"cleanup.policy": "delete", "retention.ms": str(DEAD_LETTER_RETENTION_MS)},
+        ),
+    ]

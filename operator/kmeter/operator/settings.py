@@ -1,0 +1,66 @@
+"""The operator's configuration, from the environment (the chart sets it).
+
+| variable | meaning | default |
+|---|---|---|
+| ``KMETER_KAFKA_BOOTSTRAP`` | Kafka bootstrap servers, ``host:port[,host:port]`` | required |
+| ``KMETER_IMAGE`` | image of the aggregation workers | ``ghcr.io/kmeter/kmeter:<version>`` |
+| ``KMETER_IMAGE_PULL_POLICY`` | their ``imagePullPolicy`` | ``IfNotPresent`` |
+| ``KMETER_RESYNC_SECONDS`` | how often every resource is reconciled to repair drift | ``30`` |
+| ``KMETER_METRICS_PORT`` | port of ``/metrics`` (Prometheus) | ``9090`` |
+| ``KMETER_HEALTH_PORT`` | port of the liveness endpoint ``/healthz`` | ``8080`` |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from kmeter import __version__
+
+
+class SettingsError(ValueError):
+    """A variable is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    kafka_bootstrap: str
+    worker_image: str
+    image_pull_policy: str = "IfNotPresent"
+    resync_seconds: float = 30.0
+    metrics_port: int = 9090
+    health_port: int = 8080
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
+        env = os.environ if env is None else env
+        bootstrap = env.get("KMETER_KAFKA_BOOTSTRAP", "").strip()
+        if not bootstrap:
+            raise SettingsError("KMETER_KAFKA_BOOTSTRAP is not set: give Kafka's host:port")
+        return cls(
+            kafka_bootstrap=bootstrap,
+            worker_image=env.get("KMETER_IMAGE", f"ghcr.io/kmeter/kmeter:{__version__}"),
+            image_pull_policy=env.get("KMETER_IMAGE_PULL_POLICY", "IfNotPresent"),
+            resync_seconds=_number(env, "KMETER_RESYNC_SECONDS", 30.0),
+            metrics_port=int(_number(env, "KMETER_METRICS_PORT", 9090)),
+            health_port=int(_number(env, "KMETER_HEALTH_PORT", 8080)),
+        )
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise SettingsError(f"{name}={raw!r} must be positive")
+    return value
+
+
+def retry_delay(retry: int) -> float:
+    """Backoff between retries of a failing reconcile: 1, 2, 4 … seconds, at most a minute."""
+    return float(min(60, 2 ** min(retry, 6)))

@@ -1,0 +1,89 @@
+"""What the real broker says about a topic, asked with a plain aiokafka admin client.
+
+Tests check kmeter's effects through this independent view, not through kmeter's own adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+TOPIC_OVERRIDE = 1  # DescribeConfigs source: set on the topic itself
+
+
+@dataclass(frozen=True)
+class TopicSeen:
+    partitions: int
+    overrides: dict[str, str]
+
+
+async def _describe(bootstrap: str, name: str) -> TopicSeen | None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        if name not in await admin.list_topics():
+            return None
+        (topic,) = await admin.describe_topics([name])
+        (response,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+    finally:
+        await admin.close()
+    (resource,) = response.to_object()["resources"]
+    return TopicSeen(
+        partitions=len(topic["partitions"]),
+        overrides={
+            entry["config_names"]: entry["config_value"]
+            for entry in resource["config_entries"]
+            if entry["config_source"] == TOPIC_OVERRIDE
+        },
+    )
+
+
+def describe_topic(bootstrap: str, name: str) -> TopicSeen | None:
+    """Partitions and topic-level config overrides, or None when the topic does not exist."""
+    return asyncio.run(_describe(bootstrap, name))
+
+
+def set_topic_configs(bootstrap: str, name: str, configs: dict[str, str]) -> None:
+    """Replace a topic's config overrides by hand, as an operator of Kafka might."""
+
+    async def alter() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, configs)])
+        finally:
+            await admin.close()
+
+    asyncio.run(alter())
+
+
+def commit_group_offset(bootstrap: str, group: str, topic: str) -> None:
+    """Make ``group`` exist with a committed offset on partition 0 of ``topic``."""
+
+    async def commit() -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+        await consumer.start()
+        try:
+            partition = TopicPartition(topic, 0)
+            consumer.assign([partition])
+            await consumer.commit({partition: 0})
+        finally:
+            await consumer.stop()
+
+    asyncio.run(commit())
+
+
+def consumer_groups(bootstrap: str) -> set[str]:
+    async def listed() -> set[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            return {group[0] for group in await admin.list_consumer_groups()}
+        finally:
+            await admin.close()
+
+    return asyncio.run(listed())
