@@ -29,6 +29,16 @@ def meter_topic(namespace: str, meter: str) -> str:
     return f"{PREFIX}.{namespace}.meter.{meter}"
 
 
+def meter_dedup_topic(namespace: str, meter: str) -> str:
+    """The (source, id) keys a Meter's workers have counted, within the dedup horizon.
+
+    A changelog written in the same transaction as the window totals, so dedup survives
+    restarts. ``dedup`` is its own infix (not a suffix of the output topic's name): Meter names
+    may contain dots, and ``meter.x.dedup`` would be the output topic of a Meter ``x.dedup``.
+    """
+    return f"{PREFIX}.{namespace}.dedup.{meter}"
+
+
 def dead_letter_topic(namespace: str) -> str:
     """Events the namespace's workers could not count, each with the reason."""
     return f"{PREFIX}.{namespace}.dead-letter"

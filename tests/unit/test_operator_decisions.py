@@ -59,16 +59,17 @@ layouts = st.builds(
 
 
 @given(own=layouts, others=st.lists(layouts, max_size=5))
-def test_shared_topics_take_the_largest_layout_of_the_namespace_and_the_output_its_own(
+def test_shared_topics_take_the_largest_layout_and_the_meters_own_are_co_partitioned(
     own: TopicLayout, others: list[TopicLayout]
 ) -> None:
-    ingest, output, dead_letter = meter_topics("team-a", "tokens", own, others)
+    ingest, output, dedup, dead_letter = meter_topics("team-a", "tokens", own, others)
     everyone = [own, *others]
     assert ingest.name == topics.ingest_topic("team-a")
     assert ingest.partitions == max(layout.partitions for layout in everyone)
     assert ingest.configs["retention.ms"] == str(max(layout.retention_ms for layout in everyone))
     assert output.name == topics.meter_topic("team-a", "tokens")
-    assert output.partitions == own.partitions
+    assert output.partitions == dedup.partitions == ingest.partitions, "co-partitioned"
+    assert dedup.name == topics.meter_dedup_topic("team-a", "tokens")
     assert output.configs == {
         "cleanup.policy": "compact,delete",
         "retention.ms": str(own.retention_ms),

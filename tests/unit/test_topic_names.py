@@ -21,6 +21,7 @@ def test_every_name_is_a_legal_kafka_topic_name(namespace: str, meter: str) -> N
     for name in (
         topics.ingest_topic(namespace),
         topics.meter_topic(namespace, meter),
+        topics.meter_dedup_topic(namespace, meter),
         topics.dead_letter_topic(namespace),
         topics.quota_decisions_topic(namespace),
         topics.notifications_topic(namespace),
@@ -29,8 +30,13 @@ def test_every_name_is_a_legal_kafka_topic_name(namespace: str, meter: str) -> N
 
 
 @given(namespace=DNS_LABEL, a=METER_NAME, b=METER_NAME)
-def test_two_meters_never_share_an_output_topic(namespace: str, a: str, b: str) -> None:
+def test_two_meters_never_share_an_output_or_dedup_topic(namespace: str, a: str, b: str) -> None:
     assert (topics.meter_topic(namespace, a) == topics.meter_topic(namespace, b)) == (a == b)
+    assert topics.meter_topic(namespace, a) != topics.meter_dedup_topic(namespace, b)
+    assert topics.ingest_topic(namespace) not in {
+        topics.meter_topic(namespace, a),
+        topics.meter_dedup_topic(namespace, a),
+    }
 
 
 def test_the_names_read_as_documented() -> None:

@@ -50,8 +50,8 @@ per subject and group.
 the pairs the applied results recorded. Applying the same result twice is harmless.
 
 Speed: the loop does a few dict operations per event and builds no per-event objects besides the
-window key. Measured on a 2-core machine: ~3 µs per event folded and applied (SUM, one
-``groupBy``, 1,000-event batches), plus ~4 µs to decode it (:mod:`kmeter.core.events`), plus
+window key. Measured on a 2-core machine: ~3.5 µs per event folded and applied (SUM, one
+``groupBy``, 1,000-event batches), plus ~5 µs to decode it (:mod:`kmeter.core.events`), plus
 ~5 µs per output record (one per changed window per batch).
 """
 

@@ -2,8 +2,9 @@
 
 * ``Retain`` (the default): the Meter goes; its topics — and so its history — stay in Kafka.
   A Meter created again with the same name picks the output topic up again.
-* ``Delete``: the Meter's own output topic and consumer group are deleted too, so a Meter
-  created again with the same name counts from the start, into an empty topic. The
+* ``Delete``: the Meter's own output and dedup topics and its consumer group are deleted
+  too, so a Meter created again with the same name counts from the start, into an empty
+  topic. The
   namespace's shared ingest and dead-letter topics are never deleted by a Meter: other
   Meters, and Meters created later, count from them.
 
@@ -31,7 +32,7 @@ async def delete_meter(body: Mapping[str, Any], *, kafka: KafkaAdmin) -> list[st
     if spec.get("deletionPolicy", "Retain") != "Delete":
         return []
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    doomed = [topics.meter_topic(namespace, name)]
+    doomed = [topics.meter_topic(namespace, name), topics.meter_dedup_topic(namespace, name)]
     await delete_topics(kafka, doomed)
     await delete_consumer_group(kafka, topics.meter_consumer_group(namespace, name))
     return doomed

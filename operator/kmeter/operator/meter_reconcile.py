@@ -102,6 +102,7 @@ async def reconcile_meter(
         "topics": {
             "ingest": topics.ingest_topic(namespace),
             "output": topics.meter_topic(namespace, name),
+            "dedup": topics.meter_dedup_topic(namespace, name),
             "deadLetter": topics.dead_letter_topic(namespace),
         },
         "workerDeployment": worker_name(name),

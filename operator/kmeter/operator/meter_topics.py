@@ -2,7 +2,13 @@
 
 A Meter owns its output topic, ``kmeter.<ns>.meter.<name>``: compacted window totals, one
 record per (subject, group, window), kept for the Meter's retention after its last update
-(``cleanup.policy=compact,delete``).
+(``cleanup.policy=compact,delete``), and its dedup changelog ``kmeter.<ns>.dedup.<name>``:
+the (source, id) keys counted, kept for the dedup horizon.
+
+Both are **co-partitioned** with the ingest topic: the worker writes what it derived from
+ingest partition *p* to partition *p* of each, so a worker taking over partition *p* after a
+rebalance or a crash restores exactly its state from partition *p*. They therefore have at
+least as many partitions as the ingest topic (``spec.topic.partitions`` is a floor).
 
 The namespace's ingest topic ``kmeter.<ns>.events`` and dead-letter topic are shared by all
 its Meters. Their layout is the *largest* any Meter of the namespace asks for — partitions and
@@ -21,6 +27,7 @@ from kmeter.kafka.topics import DesiredTopic
 
 DEAD_LETTER_RETENTION_MS = 30 * 24 * 3600 * 1000
 DEAD_LETTER_PARTITIONS = 1
+DEDUP_HORIZON_MS = 48 * 3600 * 1000  # the worker dedups within 24 h by default; keep twice
 
 
 @dataclass(frozen=True)
@@ -52,9 +59,15 @@ def meter_topics(
         ),
         DesiredTopic(
             name=topics.meter_topic(namespace, meter),
-            partitions=own.partitions,
+            partitions=shared_partitions,
             replication_factor=own.replication_factor,
             configs={"cleanup.policy": "compact,delete", "retention.ms": str(own.retention_ms)},
+        ),
+        DesiredTopic(
+            name=topics.meter_dedup_topic(namespace, meter),
+            partitions=shared_partitions,
+            replication_factor=own.replication_factor,
+            configs={"cleanup.policy": "delete", "retention.ms": str(DEDUP_HORIZON_MS)},
         ),
         DesiredTopic(
             name=topics.dead_letter_topic(namespace),

@@ -84,6 +84,11 @@ class MeterTopics(KubeModel):
         max_length=249,
         description="The meter's own topic of window totals (compacted).",
     )
+    dedup: str | None = Field(
+        default=None,
+        max_length=249,
+        description="The meter's own topic of the event ids it counted, for dedup across restarts.",
+    )
     dead_letter: str | None = Field(
         default=None,
         max_length=249,
