@@ -20,7 +20,7 @@ from tests.support.kafka import (
     set_topic_configs,
 )
 from tests.support.kube import Environment
-from tests.support.operator import OperatorProcess, Resources, eventually
+from tests.support.operator import EXAMPLES, OperatorProcess, Resources, eventually, kubectl
 
 from kmeter import topics
 
@@ -260,6 +260,19 @@ def test_kafka_down_is_reported_in_conditions_and_the_meter_recovers_when_it_ret
         assert ready["status"] == "False"
         # The worker Deployment does not wait for Kafka.
         assert resources.deployment("kmeter-worker-patient") is not None
+        event = eventually(
+            lambda: next(
+                (
+                    e
+                    for e in resources.core.list_namespaced_event(resources.namespace).items
+                    if e.involved_object.name == "patient" and e.reason == "KafkaUnavailable"
+                ),
+                None,
+            ),
+            what="a Warning Event on the Meter",
+        )
+        assert event.type == "Warning"
+        assert "cannot reach Kafka" in event.message
     finally:
         kafka_broker.start()
 
@@ -302,3 +315,23 @@ def test_the_operator_serves_metrics_and_liveness(
     assert 'kmeter_operator_reconciles_total{kind="Meter",result="ok"}' in text
     assert "kmeter_operator_reconcile_seconds_bucket" in text
     assert operator.get("health", "/healthz")[0] == 200
+
+
+@pytest.mark.usefixtures("operator")
+def test_the_examples_applied_with_kubectl_become_ready_with_their_topics(
+    resources: Resources, testenv: Environment, kafka_bootstrap: str
+) -> None:
+    kubectl(testenv, "apply", "-n", resources.namespace, "-f", str(EXAMPLES))
+
+    for name in ("llm-tokens", "api-calls"):
+        eventually(partial(resources.ready, "meters", name), timeout=60, what=f"Meter {name}")
+    eventually(partial(resources.ready, "quotas", "free-tier-tokens"), what="the Quota")
+    declared = {"llm-tokens": 6, "api-calls": 3}  # api-calls takes the default
+    for name, partitions in declared.items():
+        output = describe_topic(kafka_bootstrap, topics.meter_topic(resources.namespace, name))
+        assert output is not None
+        # Co-partitioned with the namespace's ingest topic: at least what the Meter declares.
+        assert output.partitions >= partitions
+    llm = describe_topic(kafka_bootstrap, topics.meter_topic(resources.namespace, "llm-tokens"))
+    assert llm is not None
+    assert llm.partitions == 6

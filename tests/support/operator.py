@@ -26,6 +26,7 @@ from tests.support.kube import Environment
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kmeter"
 CRDS = REPO / "crds"
+EXAMPLES = REPO / "examples" / "meters"
 GROUP, VERSION = "kmeter.io", "v1alpha1"
 T = TypeVar("T")
 
