@@ -30,7 +30,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kubernetes import client  # noqa: E402
-
 from tests.support.kube import Environment  # noqa: E402
 from tests.support.operator import (  # noqa: E402
     OperatorProcess,
