@@ -335,3 +335,12 @@ def test_the_examples_applied_with_kubectl_become_ready_with_their_topics(
     llm = describe_topic(kafka_bootstrap, topics.meter_topic(resources.namespace, "llm-tokens"))
     assert llm is not None
     assert llm.partitions == 6
+
+
+def test_the_api_server_never_refused_the_operator_under_the_charts_role(
+    operator: OperatorProcess,
+) -> None:
+    """Runs last in this module: every request above was allowed by the chart's ClusterRole."""
+    log = operator.log_path.read_text(errors="replace")
+    refused = [line for line in log.splitlines() if "Forbidden" in line or " 403" in line]
+    assert refused == [], "\n".join(refused[:5])
