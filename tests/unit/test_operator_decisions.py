@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kmeter import topics
+from kmeter.kafka.admin import KafkaSettings
 from kmeter.operator.conditions import Condition, merge_conditions, transitions
 from kmeter.operator.meter_topics import TopicLayout, meter_topics
 from kmeter.operator.meter_worker import label_value, worker_deployment
@@ -85,7 +86,7 @@ def test_label_values_fit_63_characters_and_stay_distinct(name: str) -> None:
     assert label_value(name + "x") != value or len(name) > 63
 
 
-SETTINGS = OperatorSettings(kafka_bootstrap="kafka:9092", worker_image="kmeter:1")
+SETTINGS = OperatorSettings(kafka=KafkaSettings("kafka:9092"), worker_image="kmeter:1")
 METER_BODY: dict[str, Any] = {
     "apiVersion": "kmeter.io/v1alpha1",
     "kind": "Meter",
@@ -129,3 +130,29 @@ def test_retries_back_off_to_a_minute() -> None:
 def test_the_operator_refuses_to_start_without_kafka_and_names_the_variable() -> None:
     with pytest.raises(SettingsError, match="KMETER_KAFKA_BOOTSTRAP is not set"):
         OperatorSettings.from_environment({})
+
+
+def test_kafka_tls_and_sasl_come_from_the_environment_the_chart_sets() -> None:
+    settings = OperatorSettings.from_environment(
+        {
+            "KMETER_KAFKA_BOOTSTRAP": "kafka:9093",
+            "KMETER_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "KMETER_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "KMETER_KAFKA_SASL_USERNAME": "kmeter",
+            "KMETER_KAFKA_SASL_PASSWORD": "s3cret",
+        }
+    )
+    options = settings.kafka.client_options()
+    assert options["security_protocol"] == "SASL_PLAINTEXT"
+    assert (options["sasl_mechanism"], options["sasl_plain_username"]) == (
+        "SCRAM-SHA-512",
+        "kmeter",
+    )
+    assert "s3cret" not in repr(settings), "the password never shows in logs"
+
+
+def test_sasl_without_credentials_is_refused_with_what_is_missing() -> None:
+    with pytest.raises(SettingsError, match="needs a SASL mechanism"):
+        OperatorSettings.from_environment(
+            {"KMETER_KAFKA_BOOTSTRAP": "k:1", "KMETER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}
+        )

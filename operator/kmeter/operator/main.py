@@ -28,7 +28,7 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from kmeter.kafka.admin import KafkaAdmin, KafkaAdminError, KafkaSettings
+from kmeter.kafka.admin import KafkaAdmin, KafkaAdminError
 from kmeter.kube.client import KubeClient
 from kmeter.operator import metrics
 from kmeter.operator.conditions import merge_conditions, transitions
@@ -311,9 +311,7 @@ def _valid_quotas(
 
 def run(settings: OperatorSettings) -> None:
     """Run the operator until interrupted (SIGINT/SIGTERM stop it cleanly)."""
-    state = OperatorState(
-        settings=settings, kafka=KafkaAdmin(KafkaSettings(settings.kafka_bootstrap))
-    )
+    state = OperatorState(settings=settings, kafka=KafkaAdmin(settings.kafka))
     asyncio.run(
         kopf.operator(
             registry=build_registry(settings),

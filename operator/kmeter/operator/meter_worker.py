@@ -91,6 +91,7 @@ def worker_deployment(
         "args": ["worker", "--namespace", namespace, "--meter", meter],
         "env": [
             {"name": "KMETER_KAFKA_BOOTSTRAP", "value": settings.kafka_bootstrap},
+            {"name": "KMETER_KAFKA_SECURITY_PROTOCOL", "value": settings.kafka.security_protocol},
             {
                 "name": "KMETER_METER",
                 "value": orjson.dumps(dict(spec), option=orjson.OPT_SORT_KEYS).decode(),

@@ -3,6 +3,7 @@
 | variable | meaning | default |
 |---|---|---|
 | ``KMETER_KAFKA_BOOTSTRAP`` | Kafka bootstrap servers, ``host:port[,host:port]`` | required |
+| ``KMETER_KAFKA_SECURITY_PROTOCOL`` … | TLS and SASL: see ``KafkaSettings`` | PLAINTEXT |
 | ``KMETER_IMAGE`` | image of the aggregation workers | ``ghcr.io/kmeter/kmeter:<version>`` |
 | ``KMETER_IMAGE_PULL_POLICY`` | their ``imagePullPolicy`` | ``IfNotPresent`` |
 | ``KMETER_RESYNC_SECONDS`` | how often every resource is reconciled to repair drift | ``30`` |
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from kmeter import __version__
+from kmeter.kafka.admin import KafkaSettings
 
 
 class SettingsError(ValueError):
@@ -25,21 +27,28 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class OperatorSettings:
-    kafka_bootstrap: str
+    kafka: KafkaSettings
     worker_image: str
     image_pull_policy: str = "IfNotPresent"
     resync_seconds: float = 30.0
     metrics_port: int = 9090
     health_port: int = 8080
 
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self.kafka.bootstrap_servers
+
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
         env = os.environ if env is None else env
-        bootstrap = env.get("KMETER_KAFKA_BOOTSTRAP", "").strip()
-        if not bootstrap:
+        if not env.get("KMETER_KAFKA_BOOTSTRAP", "").strip():
             raise SettingsError("KMETER_KAFKA_BOOTSTRAP is not set: give Kafka's host:port")
+        try:
+            kafka = KafkaSettings.from_environment(env, client_id="kmeter-operator")
+        except ValueError as error:
+            raise SettingsError(str(error)) from None
         return cls(
-            kafka_bootstrap=bootstrap,
+            kafka=kafka,
             worker_image=env.get("KMETER_IMAGE", f"ghcr.io/kmeter/kmeter:{__version__}"),
             image_pull_policy=env.get("KMETER_IMAGE_PULL_POLICY", "IfNotPresent"),
             resync_seconds=_number(env, "KMETER_RESYNC_SECONDS", 30.0),
