@@ -68,7 +68,8 @@ log = logging.getLogger(__name__)
 # DescribeConfigs: the source of a value set on the topic itself (not a default).
 DYNAMIC_TOPIC_CONFIG = 1
 # How often one topic is looked at again when another reconciler changed it under us.
-ATTEMPTS = 5
+# Backoff 0.05 s doubling: about 6 s in all, enough for metadata to settle on a busy broker.
+ATTEMPTS = 8
 _BACKOFF_S = 0.05
 
 
@@ -345,9 +346,11 @@ async def _apply(admin: KafkaAdmin, desired: DesiredTopic, plan: TopicPlan, done
         await _create(admin, desired)
         log.info("created topic %s", name)
         done.created = True
+        await _until_visible(admin, name, desired.partitions)
         return
     if plan.grow:
         await _grow(admin, name, plan.grow.after)
+        await _until_visible(admin, name, plan.grow.after)
         log.info("grew topic %s from %d to %d partitions", name, plan.grow.before, plan.grow.after)
         done.grown = PartitionsGrown(
             before=done.grown.before if done.grown else plan.grow.before, after=plan.grow.after
@@ -356,6 +359,28 @@ async def _apply(admin: KafkaAdmin, desired: DesiredTopic, plan: TopicPlan, done
         await _set_overrides(admin, name, plan.config_overrides)
         log.info("reverted drifted configs of topic %s: %s", name, ", ".join(plan.revert))
         done.reverted.update(plan.revert)
+
+
+async def _until_visible(admin: KafkaAdmin, name: str, partitions: int) -> None:
+    """Wait until the brokers' metadata shows the topic with ``partitions``.
+
+    A create or grow is acknowledged by the controller before every broker's metadata cache
+    has it; a client that looks at once may still be told the topic does not exist. Waiting
+    here makes "reconciled" mean "usable". Bounded by the request timeout.
+    """
+    deadline = asyncio.get_running_loop().time() + admin.settings.request_timeout_s
+    while True:
+        seen = (await describe_topics(admin, [name])).get(name)
+        if seen is not None and seen.partitions >= partitions:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TopicError(
+                name,
+                "NOT_YET_VISIBLE",
+                f"Kafka accepted the change but its metadata does not show {partitions} "
+                f"partitions after {admin.settings.request_timeout_s:.0f} s",
+            )
+        await asyncio.sleep(0.1)
 
 
 async def _create(admin: KafkaAdmin, desired: DesiredTopic) -> None:
