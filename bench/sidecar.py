@@ -1,0 +1,337 @@
+"""The sidecar against nginx as a reverse proxy and against no proxy at all, in one run.
+
+    python bench/sidecar.py [--duration 10] [--connections 16]
+
+Set-up (DESIGN.md "Performance notes"): the app is nginx answering a 40-byte JSON, a process of
+its own; the load generator (``wrk``, keep-alive connections) and the app share CPU 0; the proxy
+under test — nginx (one worker, pooled keep-alive upstream) or ``kmeter-sidecar`` — is pinned to
+CPU 1 with ``taskset``. The sidecar emits its events to the real Kafka of ``scripts/testenv``
+(``KMETER_KAFKA_BOOTSTRAP``, or asked from ``scripts/testenv env``), reading a value from every
+response (``--value tokens=$.usage.total_tokens``).
+
+Measured per target:
+
+* **max throughput**: ``wrk -t1 -c<connections>`` for ``--duration`` seconds;
+* **latency at ~1,000 requests/s**: Debian has ``wrk`` but not ``wrk2``, so the rate is fixed
+  with wrk's Lua ``delay()`` hook — 10 connections, each waiting 10 ms between a response and
+  its next request, which is ~1,000 requests/s minus the latency itself (the achieved rate is
+  reported). wrk's latency excludes the delay. *Added* latency is the proxy's p50/p99 minus the
+  direct p50/p99 at the same rate;
+* **CPU per 1,000 requests**: the proxy process's utime+stime from ``/proc/<pid>/stat``, over
+  the max-throughput run (work per request) and over the 1,000 requests/s run (cores per
+  1,000 requests/s, which includes idle wake-ups);
+* **RSS**: ``VmRSS`` and ``VmHWM`` (peak) of the proxy after the runs.
+
+The last line printed is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SIDECAR = REPO / ".venv" / "bin" / "kmeter-sidecar"
+BODY = '{"ok":true,"usage":{"total_tokens":42}}'
+RATE_SCRIPT = "function delay()\n  return 10\nend\n"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def nginx_config(directory: Path, name: str, server_block: str) -> Path:
+    root = directory / name
+    root.mkdir()
+    config = root / "nginx.conf"
+    config.write_text(
+        f"""
+worker_processes 1;
+daemon off;
+user root;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {root}/body;
+  proxy_temp_path {root}/proxy;
+  fastcgi_temp_path {root}/fastcgi;
+  uwsgi_temp_path {root}/uwsgi;
+  scgi_temp_path {root}/scgi;
+  keepalive_requests 10000000;
+  {server_block}
+}}
+"""
+    )
+    return config
+
+
+def start_nginx(config: Path, cpu: int) -> subprocess.Popen[bytes]:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    return subprocess.Popen(
+        ["taskset", "-c", str(cpu), nginx, "-c", str(config), "-e", "stderr"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def worker_pid(master: subprocess.Popen[bytes]) -> int:
+    """nginx's worker (the process doing the work) under the master."""
+    for _ in range(100):
+        children = Path(f"/proc/{master.pid}/task/{master.pid}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.05)
+    raise RuntimeError("nginx started no worker")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    found = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key = line.split(":")[0]
+        if key in ("VmRSS", "VmHWM"):
+            found[key] = int(line.split()[1])
+    return found
+
+
+def wrk(
+    url: str, *, connections: int, duration: float, script: Path | None = None
+) -> dict[str, Any]:
+    command = [
+        "taskset",
+        "-c",
+        "0",
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+    ]
+    command += ["--latency", "-H", "X-Customer-Id: bench-customer"]
+    if script is not None:
+        command += ["-s", str(script)]
+    output = subprocess.run(
+        [*command, url], capture_output=True, text=True, check=True, timeout=duration + 60
+    ).stdout
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    latency = {
+        percent: _ms(value)
+        for percent, value in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", output, re.MULTILINE)
+    }
+    return {
+        "requests": requests,
+        "rps": rate,
+        "p50_ms": latency["50"],
+        "p99_ms": latency["99"],
+        "non_2xx": int(errors.group(1)) if errors else 0,
+    }
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def measure(
+    url: str, pid: int | None, args: argparse.Namespace, rate_script: Path
+) -> dict[str, Any]:
+    wrk(url, connections=args.connections, duration=2)  # warm-up
+    before = cpu_seconds(pid) if pid else 0.0
+    peak = wrk(url, connections=args.connections, duration=args.duration)
+    work = cpu_seconds(pid) - before if pid else 0.0
+    before = cpu_seconds(pid) if pid else 0.0
+    started = time.monotonic()
+    paced = wrk(url, connections=10, duration=args.duration, script=rate_script)
+    elapsed = time.monotonic() - started
+    paced_cpu = cpu_seconds(pid) - before if pid else 0.0
+    result: dict[str, Any] = {
+        "max_rps": round(peak["rps"]),
+        "at_1000": {
+            "rps": round(paced["rps"]),
+            "p50_ms": paced["p50_ms"],
+            "p99_ms": paced["p99_ms"],
+        },
+        "non_2xx": peak["non_2xx"] + paced["non_2xx"],
+    }
+    if pid:
+        result["cpu_s_per_1000_requests"] = round(1000 * work / peak["requests"], 4)
+        result["cores_per_1000_rps"] = round(paced_cpu / elapsed / (paced["rps"] / 1000), 4)
+        result["memory_kib"] = memory_kib(pid)
+    return result
+
+
+def kafka_bootstrap() -> str:
+    if os.environ.get("KMETER_KAFKA_BOOTSTRAP"):
+        return os.environ["KMETER_KAFKA_BOOTSTRAP"]
+    output = subprocess.run(
+        [str(REPO / "scripts" / "testenv"), "env"], capture_output=True, text=True, check=True
+    ).stdout
+    match = re.search(r"KMETER_KAFKA_BOOTSTRAP=['\"]?([^'\"\s]+)", output)
+    if match is None:
+        raise SystemExit("Kafka is not up: run scripts/testenv up")
+    return match.group(1)
+
+
+async def create_topic(bootstrap: str, topic: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: PLC0415
+    from aiokafka.errors import KafkaConnectionError  # noqa: PLC0415
+
+    for attempt in range(90):  # the test broker may be restarting (fault tests)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            await admin.start()
+            await admin.create_topics([NewTopic(topic, 3, 1)])
+            return
+        except KafkaConnectionError:
+            if attempt == 89:
+                raise
+            await asyncio.sleep(1)
+        finally:
+            await admin.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx", "taskset"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            raise SystemExit(f"{tool} is missing: apt-get install -y wrk nginx util-linux")
+    sys.path.insert(0, str(REPO / "operator"))
+    from kmeter.topics import ingest_topic  # noqa: PLC0415
+
+    bootstrap = kafka_bootstrap()
+    namespace = f"bench-{uuid.uuid4().hex[:8]}"
+    asyncio.run(create_topic(bootstrap, ingest_topic(namespace)))
+
+    processes: list[subprocess.Popen[bytes]] = []
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as temporary:
+        directory = Path(temporary)
+        rate_script = directory / "rate.lua"
+        rate_script.write_text(RATE_SCRIPT)
+        app_port, nginx_port, sidecar_port = free_port(), free_port(), free_port()
+        try:
+            app = start_nginx(
+                nginx_config(
+                    directory,
+                    "app",
+                    f"""server {{ listen 127.0.0.1:{app_port};
+    location / {{ default_type application/json; return 200 '{BODY}'; }} }}""",
+                ),
+                cpu=0,
+            )
+            processes.append(app)
+            proxy = start_nginx(
+                nginx_config(
+                    directory,
+                    "proxy",
+                    f"""upstream app {{ server 127.0.0.1:{app_port}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{nginx_port};
+    location / {{ proxy_pass http://app; proxy_http_version 1.1;
+                  proxy_set_header Connection ""; }} }}""",
+                ),
+                cpu=1,
+            )
+            processes.append(proxy)
+            sidecar = subprocess.Popen(
+                [
+                    "taskset", "-c", "1", str(SIDECAR),
+                    "--port", str(sidecar_port), "--listen-host", "127.0.0.1",
+                    "--upstream", f"127.0.0.1:{app_port}",
+                    "--admin-port", str(free_port()), "--admin-host", "127.0.0.1",
+                    "--kafka-bootstrap", bootstrap, "--namespace", namespace,
+                    "--pod-name", "bench", "--spool-dir", str(directory / "spool"),
+                    "--value", "tokens=$.usage.total_tokens",
+                    "--log-level", "WARNING",
+                ],
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            processes.append(sidecar)
+            for port in (app_port, nginx_port, sidecar_port):
+                wait_port(port)
+            time.sleep(1)  # the sidecar connects to Kafka
+            results["direct"] = measure(f"http://127.0.0.1:{app_port}/", None, args, rate_script)
+            results["nginx"] = measure(
+                f"http://127.0.0.1:{nginx_port}/", worker_pid(proxy), args, rate_script
+            )
+            results["sidecar"] = measure(
+                f"http://127.0.0.1:{sidecar_port}/", sidecar.pid, args, rate_script
+            )
+            sidecar.send_signal(signal.SIGTERM)
+            results["sidecar"]["exit_status"] = sidecar.wait(60)
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.terminate()
+                    process.wait(10)
+
+    direct, nginx, ours = results["direct"], results["nginx"], results["sidecar"]
+    for name in ("nginx", "sidecar"):
+        target = results[name]
+        target["added_p50_ms"] = round(target["at_1000"]["p50_ms"] - direct["at_1000"]["p50_ms"], 3)
+        target["added_p99_ms"] = round(target["at_1000"]["p99_ms"] - direct["at_1000"]["p99_ms"], 3)
+    summary = {
+        "benchmark": "sidecar",
+        "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
+        "date": time.strftime("%Y-%m-%d"),
+        "connections": args.connections,
+        "duration_s": args.duration,
+        "kafka": True,
+        **results,
+        "ratios": {
+            "throughput_vs_nginx": round(ours["max_rps"] / nginx["max_rps"], 3),
+            "cpu_vs_nginx": round(
+                ours["cpu_s_per_1000_requests"] / nginx["cpu_s_per_1000_requests"], 2
+            ),
+            "rss_vs_nginx": round(ours["memory_kib"]["VmRSS"] / nginx["memory_kib"]["VmRSS"], 2),
+        },
+        "goals": {
+            "added_p99_le_1ms": ours["added_p99_ms"] <= 1.0,
+            "cores_per_1000_rps_le_0.2": ours["cores_per_1000_rps"] <= 0.2,
+            "rss_le_60mb": ours["memory_kib"]["VmHWM"] <= 60 * 1024,
+            "throughput_ge_0.25_nginx": ours["max_rps"] >= 0.25 * nginx["max_rps"],
+        },
+    }
+    for name in ("direct", "nginx", "sidecar"):
+        print(f"{name:8} {json.dumps(results[name])}")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

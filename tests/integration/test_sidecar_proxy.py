@@ -1,0 +1,712 @@
+"""kmeter-sidecar as a real process, in front of a real app, producing to the real Kafka.
+
+The app is an aiohttp server on a loopback port (in a thread of the test process) serving JSON,
+chunked and large bodies, an OpenAI-style SSE stream and a WebSocket echo. The sidecar runs as
+``.venv/bin/kmeter-sidecar`` with its own namespace, so its ingest topic is unique; events are
+read back from Kafka with a plain consumer. Every test stops the sidecar with SIGTERM (which
+flushes) and checks it exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError
+from tests.support.faults import KafkaBroker
+
+from kmeter.topics import ingest_topic
+
+REPO = Path(__file__).resolve().parents[2]
+SIDECAR = REPO / ".venv" / "bin" / "kmeter-sidecar"
+PATTERN = bytes(range(256)) * 4096  # 1 MiB of every byte value
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pattern(size: int) -> bytes:
+    return (PATTERN * (size // len(PATTERN) + 1))[:size]
+
+
+# --- the app --------------------------------------------------------------------------------
+
+SSE_CHUNKS = [
+    b'data: {"choices":[{"delta":{"content":"Hel"}}],"usage":null}\n\n',
+    b'data: {"choices":[{"delta":{"content":"lo"}}],"usage":null}\n\n',
+    b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":12,'
+    b'"total_tokens":21}}\n\n',
+    b"data: [DONE]\n\n",
+]
+
+
+async def app_json(request: web.Request) -> web.Response:
+    return web.json_response({"model": "gpt-test", "usage": {"total_tokens": 1234}})
+
+
+async def app_large(request: web.Request) -> web.Response:
+    return web.Response(body=pattern(int(request.query["size"])))
+
+
+async def app_chunked(request: web.Request) -> web.StreamResponse:
+    size = int(request.query["size"])
+    response = web.StreamResponse()
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    body = pattern(size)
+    for start in range(0, size, 65_521):  # odd-sized pieces
+        await response.write(body[start : start + 65_521])
+    await response.write_eof()
+    return response
+
+
+async def app_upload(request: web.Request) -> web.Response:
+    digest = hashlib.sha256()
+    size = 0
+    async for piece in request.content.iter_any():
+        digest.update(piece)
+        size += len(piece)
+    return web.json_response({"bytes": size, "sha256": digest.hexdigest()})
+
+
+async def app_echo(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse()
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    async for piece in request.content.iter_any():
+        await response.write(piece)
+    await response.write_eof()
+    return response
+
+
+async def app_sse(request: web.Request) -> web.StreamResponse:
+    delay = float(request.query.get("delay", "0"))
+    stop_after = int(request.query.get("chunks", str(len(SSE_CHUNKS))))
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for chunk in SSE_CHUNKS[:stop_after]:
+        await response.write(chunk)
+        await asyncio.sleep(delay)
+    if stop_after < len(SSE_CHUNKS):
+        await asyncio.sleep(30)  # hang: the client leaves first
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
+    return response
+
+
+async def app_ws(request: web.Request) -> web.WebSocketResponse:
+    socket_ = web.WebSocketResponse()
+    await socket_.prepare(request)
+    async for message in socket_:
+        if message.type == aiohttp.WSMsgType.TEXT:
+            await socket_.send_str(message.data)
+        elif message.type == aiohttp.WSMsgType.BINARY:
+            await socket_.send_bytes(message.data)
+    return socket_
+
+
+async def app_slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(float(request.query["seconds"]))
+    return web.json_response({"slow": True})
+
+
+@dataclass
+class App:
+    port: int
+    loop: asyncio.AbstractEventLoop
+
+
+@pytest.fixture(scope="module")
+def app() -> Iterator[App]:
+    """The app on a loopback port, served from a thread of its own."""
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    application = web.Application(client_max_size=1 << 30)
+    application.router.add_get("/json", app_json)
+    application.router.add_get("/large", app_large)
+    application.router.add_get("/chunked", app_chunked)
+    application.router.add_post("/upload", app_upload)
+    application.router.add_post("/echo", app_echo)
+    application.router.add_get("/v1/chat/completions", app_sse)
+    application.router.add_get("/ws", app_ws)
+    application.router.add_get("/slow", app_slow)
+    runner = web.AppRunner(application, access_log=None)
+    started = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    yield App(port, loop)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+# --- the sidecar ----------------------------------------------------------------------------
+
+
+@dataclass
+class Sidecar:
+    process: subprocess.Popen[bytes]
+    port: int
+    admin_port: int
+    namespace: str
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def metric(self, name: str) -> float:
+        with socket.create_connection(("127.0.0.1", self.admin_port), timeout=5) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        for line in data.decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"no metric {name}")
+
+    def terminate(self) -> int:
+        """SIGTERM, and the exit status."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(60)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+async def create_topic(bootstrap: str, namespace: str) -> str:
+    """The namespace's ingest topic (3 partitions). The broker is shared with other tests that
+    stop and start it, so a refused connection is retried for a while."""
+    topic = ingest_topic(namespace)
+    deadline = time.monotonic() + 90
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            await admin.start()
+            await admin.create_topics([NewTopic(topic, 3, 1)])
+            return topic
+        except KafkaConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1)
+        finally:
+            await admin.close()
+
+
+async def read_events(bootstrap: str, namespace: str) -> list[tuple[bytes, dict[str, Any]]]:
+    """Every (key, event) in the namespace's ingest topic."""
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            return await _read_events(bootstrap, namespace)
+        except KafkaError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1)
+
+
+async def _read_events(bootstrap: str, namespace: str) -> list[tuple[bytes, dict[str, Any]]]:
+    topic = ingest_topic(namespace)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            found_partitions = consumer.partitions_for_topic(topic)
+            if not found_partitions:
+                raise KafkaConnectionError("no metadata for the topic yet")
+            partitions = [TopicPartition(topic, p) for p in found_partitions]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        found: list[tuple[bytes, dict[str, Any]]] = []
+        while [p for p in partitions if await consumer.position(p) < ends[p]]:
+            batch = await consumer.getmany(timeout_ms=2000)
+            for messages in batch.values():
+                found.extend((m.key, json.loads(m.value)) for m in messages)
+        return found
+    finally:
+        await consumer.stop()
+
+
+def start_sidecar(
+    bootstrap: str, app: App, tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> Sidecar:
+    port, admin_port = free_port(), free_port()
+    namespace = f"sc-{uuid.uuid4().hex[:10]}"
+    # in a thread of its own: the caller may be inside a running event loop
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, create_topic(bootstrap, namespace)).result()
+    log = tmp_path / f"sidecar-{port}.log"
+    command = [
+        str(SIDECAR),
+        "--port", str(port),
+        "--listen-host", "127.0.0.1",
+        "--upstream", f"127.0.0.1:{app.port}",
+        "--admin-port", str(admin_port),
+        "--admin-host", "127.0.0.1",
+        "--kafka-bootstrap", bootstrap,
+        "--namespace", namespace,
+        "--pod-name", "pod-1",
+        "--spool-dir", str(tmp_path / f"spool-{port}"),
+        "--value", "usage=$.usage",
+        "--value", "model=$.model",
+        *args,
+    ]  # fmt: skip
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+    sidecar = Sidecar(process, port, admin_port, namespace, log)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the sidecar exited: {sidecar.output()}")
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            if sidecar.metric("kmeter_sidecar_kafka_up") == 1:
+                return sidecar
+        time.sleep(0.1)
+    process.kill()
+    raise AssertionError(f"the sidecar did not start: {sidecar.output()}")
+
+
+@pytest.fixture
+def sidecar_factory(kafka_bootstrap: str, app: App, tmp_path: Path) -> Iterator[Any]:
+    started: list[Sidecar] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Sidecar:
+        sidecar = start_sidecar(kafka_bootstrap, app, tmp_path, *args, env=env)
+        started.append(sidecar)
+        return sidecar
+
+    yield start
+    for sidecar in started:
+        if sidecar.process.poll() is None:
+            sidecar.process.kill()
+            sidecar.process.wait(10)
+
+
+@pytest.fixture
+def sidecar(sidecar_factory: Any) -> Sidecar:
+    return sidecar_factory()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=120), auto_decompress=False
+    ) as session:
+        yield session
+
+
+def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0) -> bytes:
+    """Send bytes on a fresh connection; everything answered until the sidecar closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        received = b""
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+        return received
+
+
+async def events_after_shutdown(
+    sidecar: Sidecar, bootstrap: str
+) -> list[tuple[bytes, dict[str, Any]]]:
+    assert await asyncio.to_thread(sidecar.terminate) == 0, sidecar.output()
+    return await read_events(bootstrap, sidecar.namespace)
+
+
+# --- tests ----------------------------------------------------------------------------------
+
+
+async def test_every_request_yields_exactly_one_event_with_the_right_fields(
+    sidecar: Sidecar, http: aiohttp.ClientSession, kafka_bootstrap: str
+) -> None:
+    headers = {"X-Customer-Id": "customer-1"}
+    async with http.get(f"{sidecar.url}/json?page=2", headers=headers) as response:
+        assert response.status == 200
+        json_body = await response.read()
+    upload = pattern(100_000)
+    async with http.post(f"{sidecar.url}/upload", data=upload, headers=headers) as response:
+        assert (await response.json())["bytes"] == len(upload)
+    async with http.head(f"{sidecar.url}/json", headers=headers) as response:
+        assert response.status == 200
+    async with http.get(f"{sidecar.url}/nowhere") as response:
+        assert response.status == 404
+    for _ in range(20):
+        async with http.get(f"{sidecar.url}/json", headers={"X-Customer-Id": "bulk"}) as response:
+            await response.read()
+
+    events = await events_after_shutdown(sidecar, kafka_bootstrap)
+
+    # At-least-once with stable ids: a copy re-sent across a broker restart (other tests stop the
+    # shared broker) carries the same id and is the same event; count distinct ids.
+    distinct = {event["id"]: (key, event) for key, event in events}
+    for key, event in events:
+        assert distinct[event["id"]] == (key, event)
+    events = list(distinct.values())
+    assert len(events) == 24
+    by_route = {(e["data"]["method"], e["data"]["route"]): (k, e) for k, e in events}
+    key, first = next(
+        (k, e) for k, e in events if e["subject"] == "customer-1" and e["data"]["method"] == "GET"
+    )
+    assert key == b"customer-1"
+    assert first["specversion"] == "1.0"
+    assert first["type"] == "http.request"
+    assert first["source"] == f"kmeter-sidecar/{sidecar.namespace}/pod-1"
+    assert first["data"]["route"] == "/json"
+    assert first["data"]["status"] == 200
+    assert first["data"]["request_bytes"] == 0
+    assert first["data"]["response_bytes"] == len(json_body)
+    assert first["data"]["usage"] == {"total_tokens": 1234}
+    assert first["data"]["model"] == "gpt-test"
+    assert first["data"]["duration_ms"] >= 0
+    _, posted = by_route[("POST", "/upload")]
+    assert posted["data"]["request_bytes"] == len(upload)
+    assert posted["subject"] == "customer-1"
+    _, head = by_route[("HEAD", "/json")]
+    assert head["data"]["status"] == 200
+    assert head["data"]["response_bytes"] == 0
+    _, missing = by_route[("GET", "/nowhere")]
+    assert missing["subject"] == "anonymous"
+    assert missing["data"]["status"] == 404
+    assert sum(1 for _, e in events if e["subject"] == "bulk") == 20
+
+
+async def test_chunked_streamed_and_large_bodies_arrive_byte_exact_both_ways(
+    sidecar: Sidecar, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(f"{sidecar.url}/chunked?size=3000001") as response:
+        assert response.headers["Transfer-Encoding"] == "chunked"
+        assert await response.read() == pattern(3_000_001)
+    async with http.get(f"{sidecar.url}/large?size=5000000") as response:
+        assert response.headers["Content-Length"] == "5000000"
+        assert await response.read() == pattern(5_000_000)
+
+    async def chunked_upload() -> AsyncIterator[bytes]:
+        body = pattern(2_000_003)
+        for start in range(0, len(body), 100_000):
+            yield body[start : start + 100_000]
+
+    async with http.post(f"{sidecar.url}/echo", data=chunked_upload()) as response:
+        assert await response.read() == pattern(2_000_003)
+    assert await asyncio.to_thread(sidecar.terminate) == 0
+
+
+async def test_sse_passes_byte_exact_and_its_final_usage_is_in_the_event(
+    sidecar: Sidecar, http: aiohttp.ClientSession, kafka_bootstrap: str
+) -> None:
+    headers = {"X-Customer-Id": "llm-user"}
+    async with http.get(
+        f"{sidecar.url}/v1/chat/completions?delay=0.05", headers=headers
+    ) as response:
+        assert response.headers["Content-Type"] == "text/event-stream"
+        received: list[bytes] = []
+        async for piece in response.content.iter_any():
+            received.append(piece)
+    assert b"".join(received) == b"".join(SSE_CHUNKS)
+    assert len(received) > 1  # it streamed, it was not buffered
+
+    ((_, event),) = await events_after_shutdown(sidecar, kafka_bootstrap)
+    assert event["subject"] == "llm-user"
+    assert event["data"]["usage"] == {
+        "prompt_tokens": 9,
+        "completion_tokens": 12,
+        "total_tokens": 21,
+    }
+    assert event["data"]["response_bytes"] == len(b"".join(SSE_CHUNKS))
+
+
+async def test_a_client_leaving_mid_stream_still_yields_its_event_with_the_usage_seen(
+    sidecar: Sidecar, kafka_bootstrap: str
+) -> None:
+    # The app sends the usage chunk, then hangs; the client reads it and goes away.
+    request = (
+        b"GET /v1/chat/completions?chunks=3 HTTP/1.1\r\nHost: x\r\nX-Customer-Id: leaver\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", sidecar.port), timeout=10) as sock:
+        sock.sendall(request)
+        received = b""
+        while b"total_tokens" not in received:
+            received += sock.recv(65536)
+
+    ((_, event),) = await events_after_shutdown(sidecar, kafka_bootstrap)
+    assert event["subject"] == "leaver"
+    assert event["data"]["aborted"] is True
+    assert event["data"]["status"] == 200
+    assert event["data"]["usage"]["total_tokens"] == 21
+
+
+async def test_websocket_traffic_passes_through_the_tunnel_byte_exact(
+    sidecar: Sidecar, http: aiohttp.ClientSession, kafka_bootstrap: str
+) -> None:
+    binary = pattern(300_000)
+    async with http.ws_connect(f"{sidecar.url}/ws", headers={"X-Customer-Id": "ws"}) as ws:
+        for text in ("hello", "ünïcødé", "x" * 70_000):
+            await ws.send_str(text)
+            assert (await ws.receive()).data == text
+        await ws.send_bytes(binary)
+        assert (await ws.receive()).data == binary
+
+    ((_, event),) = await events_after_shutdown(sidecar, kafka_bootstrap)
+    assert event["data"]["status"] == 101
+    assert event["subject"] == "ws"
+
+
+async def test_a_200_mb_upload_streams_through_with_bounded_sidecar_memory(
+    sidecar: Sidecar, http: aiohttp.ClientSession
+) -> None:
+    size = 200 << 20
+    piece = pattern(1 << 20)
+    expected = hashlib.sha256()
+    for _ in range(size // len(piece)):
+        expected.update(piece)
+    peak = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal peak
+        for _ in range(size // len(piece)):
+            peak = max(peak, sidecar.rss_kib())
+            yield piece
+
+    baseline = sidecar.rss_kib()
+    async with http.post(
+        f"{sidecar.url}/upload", data=body(), headers={"Content-Length": str(size)}
+    ) as response:
+        answer = await response.json()
+    assert answer == {"bytes": size, "sha256": expected.hexdigest()}
+    peak = max(peak, sidecar.rss_kib())
+    assert peak - baseline < 20 * 1024, (baseline, peak)  # KiB: far below the 200 MiB sent
+    assert peak < 80 * 1024
+    assert await asyncio.to_thread(sidecar.terminate) == 0
+
+
+async def test_an_unreachable_app_gets_502_and_a_slow_one_504_as_problem_json(
+    sidecar_factory: Any, app: App, http: aiohttp.ClientSession, kafka_bootstrap: str
+) -> None:
+    dead = sidecar_factory("--upstream", f"127.0.0.1:{free_port()}")
+    async with http.get(f"{dead.url}/json", headers={"X-Customer-Id": "c"}) as response:
+        assert response.status == 502
+        assert response.headers["Content-Type"] == "application/problem+json"
+        assert (await response.json())["status"] == 502
+    assert dead.metric('kmeter_sidecar_upstream_errors_total{kind="connect"}') == 1
+    ((_, event),) = await events_after_shutdown(dead, kafka_bootstrap)
+    assert event["data"]["status"] == 502
+
+    slow = sidecar_factory("--upstream-timeout", "0.5s")
+    async with http.get(f"{slow.url}/slow?seconds=3") as response:
+        assert response.status == 504
+        assert (await response.json())["title"] == "Gateway Timeout"
+    async with http.get(f"{slow.url}/json") as response:  # and it still serves
+        assert response.status == 200
+    assert slow.metric('kmeter_sidecar_upstream_errors_total{kind="timeout"}') == 1
+    assert await asyncio.to_thread(slow.terminate) == 0
+
+
+async def test_malformed_oversized_and_slow_requests_get_4xx_and_the_sidecar_survives(
+    sidecar_factory: Any, http: aiohttp.ClientSession, kafka_bootstrap: str
+) -> None:
+    sidecar = sidecar_factory("--header-timeout", "1s", "--max-header-bytes", "8Ki")
+    port = sidecar.port
+
+    assert raw_exchange(port, b"NOT HTTP AT ALL\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    assert (
+        raw_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")[:13]
+        == b"HTTP/1.1 400 "
+    )
+    big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
+    assert raw_exchange(port, big).startswith(b"HTTP/1.1 431 ")
+    many = b"GET / HTTP/1.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(2000)) + b"\r\n"
+    assert raw_exchange(port, many).startswith(b"HTTP/1.1 431 ")
+    started = time.monotonic()
+    assert raw_exchange(port, b"GET /json HTTP/1.1\r\nHost: x\r\n").startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < 4
+    # a silent connection is closed too
+    assert raw_exchange(port, b"") == b""
+    # many half-open slow clients at once do not stop others from being served
+    slow_clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
+    for client in slow_clients:
+        client.sendall(b"GET /json HTTP/1.1\r\nHo")
+    async with http.get(f"{sidecar.url}/json") as response:
+        assert response.status == 200
+    for client in slow_clients:
+        client.close()
+
+    assert sidecar.metric('kmeter_sidecar_rejected_total{reason="malformed"}') == 2
+    assert sidecar.metric('kmeter_sidecar_rejected_total{reason="header_too_large"}') == 2
+    assert sidecar.metric('kmeter_sidecar_rejected_total{reason="header_timeout"}') >= 1
+    events = await events_after_shutdown(sidecar, kafka_bootstrap)
+    assert [event["data"]["route"] for _, event in events] == ["/json"]
+
+
+def hs256(claims: dict[str, Any], secret: bytes) -> str:
+    def encode(part: bytes) -> str:
+        return base64.urlsafe_b64encode(part).rstrip(b"=").decode()
+
+    signing = encode(b'{"alg":"HS256","typ":"JWT"}') + "." + encode(json.dumps(claims).encode())
+    signature = hmac.new(secret, signing.encode(), hashlib.sha256).digest()
+    return signing + "." + encode(signature)
+
+
+async def test_a_jwt_subject_is_verified_and_bad_or_missing_tokens_get_401(
+    sidecar_factory: Any, http: aiohttp.ClientSession, kafka_bootstrap: str
+) -> None:
+    sidecar = sidecar_factory(
+        "--subject-from", "jwt-claim:sub", "--missing-subject", "reject",
+        env={"KMETER_JWT_SECRET": "s3cret"},
+    )  # fmt: skip
+    good = hs256({"sub": "tenant-7", "exp": time.time() + 600}, b"s3cret")
+    forged = hs256({"sub": "tenant-7"}, b"wrong")
+    expired = hs256({"sub": "tenant-7", "exp": time.time() - 600}, b"s3cret")
+    async with http.get(
+        f"{sidecar.url}/json", headers={"Authorization": f"Bearer {good}"}
+    ) as response:
+        assert response.status == 200
+    for token in (forged, expired, "not.a.jwt"):
+        async with http.get(
+            f"{sidecar.url}/json", headers={"Authorization": f"Bearer {token}"}
+        ) as response:
+            assert response.status == 401
+            assert response.headers["Content-Type"] == "application/problem+json"
+    async with http.get(f"{sidecar.url}/json") as response:
+        assert response.status == 401
+
+    events = await events_after_shutdown(sidecar, kafka_bootstrap)
+    assert [(key, event["subject"]) for key, event in events] == [(b"tenant-7", "tenant-7")]
+
+
+async def test_sigterm_lets_in_flight_requests_finish_and_flushes_their_events(
+    sidecar: Sidecar, http: aiohttp.ClientSession, kafka_bootstrap: str
+) -> None:
+    async def slow_request() -> int:
+        async with http.get(f"{sidecar.url}/slow?seconds=1.5") as response:
+            await response.read()
+            return response.status
+
+    requests = [asyncio.create_task(slow_request()) for _ in range(5)]
+    await asyncio.sleep(0.5)
+    sidecar.process.send_signal(signal.SIGTERM)
+    assert await asyncio.gather(*requests) == [200] * 5
+    assert await asyncio.to_thread(sidecar.process.wait, 30) == 0
+    events = await read_events(kafka_bootstrap, sidecar.namespace)
+    assert len(events) == 5
+    assert all(event["data"]["status"] == 200 for _, event in events)
+
+
+async def test_kafka_stopped_for_30_seconds_under_load_loses_and_doubles_no_event(
+    sidecar: Sidecar,
+    http: aiohttp.ClientSession,
+    kafka_bootstrap: str,
+    kafka_broker: KafkaBroker,
+) -> None:
+    served = 0
+    stop = asyncio.Event()
+
+    async def load(worker: int) -> None:
+        nonlocal served
+        while not stop.is_set():
+            async with http.get(
+                f"{sidecar.url}/json", headers={"X-Customer-Id": f"c{worker}"}
+            ) as response:
+                await response.read()
+                assert response.status == 200
+                served += 1
+            await asyncio.sleep(0.005)
+
+    workers = [asyncio.create_task(load(n)) for n in range(4)]
+    await asyncio.sleep(2)
+    await asyncio.to_thread(kafka_broker.stop)
+    outage_started = time.monotonic()
+    await asyncio.sleep(max(0.0, 25 - (time.monotonic() - outage_started)))
+    assert sidecar.metric("kmeter_sidecar_events_spooled_total") > 0
+    await asyncio.to_thread(kafka_broker.start)
+    await asyncio.sleep(3)
+    stop.set()
+    await asyncio.gather(*workers)
+    # the spool drains once Kafka is back
+    for _ in range(120):
+        if sidecar.metric("kmeter_sidecar_spool_bytes") == 0:
+            break
+        await asyncio.sleep(0.5)
+    assert sidecar.metric("kmeter_sidecar_spool_bytes") == 0
+
+    events = await events_after_shutdown(sidecar, kafka_bootstrap)
+    ids = [event["id"] for _, event in events]
+    assert served > 500
+    assert len(set(ids)) == served
+    print(f"served {served}, records {len(ids)}, distinct {len(set(ids))}")
+    assert len(ids) - len(set(ids)) <= 0.05 * served  # at-least-once: copies are rare
+
+
+def test_bad_flags_fail_with_one_clear_line_and_status_2() -> None:
+    cases = [
+        (["--namespace", "ns", "--upstream", "8080"], "--upstream: expected HOST:PORT"),
+        (["--namespace", "ns", "--subject-from", "cookie:x"], "--subject-from: expected header"),
+        (["--namespace", "ns", "--value", "tokens=usage"], "must start with $"),
+        (["--namespace", "Bad_NS"], "is not a Kubernetes namespace name"),
+        (["--namespace", "ns", "--missing-subject", "ignore"], "expected anonymous or reject"),
+    ]
+    for args, message in cases:
+        result = subprocess.run(
+            [str(SIDECAR), "--kafka-bootstrap", "127.0.0.1:1", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env={k: v for k, v in os.environ.items() if not k.startswith("KMETER_")},
+        )
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+    missing = subprocess.run(
+        [str(SIDECAR), "--namespace", "ns"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("KMETER_")},
+    )
+    assert missing.returncode == 2
+    assert "--kafka-bootstrap (KMETER_KAFKA_BOOTSTRAP) is required" in missing.stderr
