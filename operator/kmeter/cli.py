@@ -50,6 +50,68 @@ def operator() -> None:
 
 
 @app.command()
+def worker(
+    namespace: Annotated[str, typer.Option(help="The Meter's namespace.")],
+    meter: Annotated[str, typer.Option(help="The Meter's name.")],
+) -> None:
+    """Run a Meter's aggregation worker: fold its events from Kafka into window totals.
+
+    Configured by environment variables (KMETER_KAFKA_BOOTSTRAP, KMETER_METER, ...; see
+    the module kmeter.worker.settings).
+    """
+    import os  # noqa: PLC0415 - keep other commands light
+
+    from kmeter.worker.runner import run  # noqa: PLC0415
+    from kmeter.worker.settings import SettingsError, WorkerSettings  # noqa: PLC0415
+
+    try:
+        settings = WorkerSettings.from_environment(namespace, meter, os.environ)
+    except SettingsError as error:
+        typer.echo(f"kmeter worker: {error}", err=True)
+        raise typer.Exit(2) from None
+    run(settings)
+
+
+@app.command()
+def api(  # noqa: PLR0917 - one parameter per option, as typer wants
+    kafka_bootstrap: Annotated[
+        str, typer.Option(envvar="KMETER_KAFKA_BOOTSTRAP", help="Kafka host:port[,host:port].")
+    ],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(envvar="KMETER_API_PORT", help="Port.")] = 8888,
+    manifests: Annotated[
+        Path | None,
+        typer.Option(help="Folder of Meter manifests; default: Meters from the cluster."),
+    ] = None,
+    namespace: Annotated[
+        str, typer.Option(help="Namespace of manifests that name none.")
+    ] = "default",
+    tokens: Annotated[
+        Path | None,
+        typer.Option(
+            help="YAML file mapping namespace to a list of tokens; default: Secrets labelled "
+            "kmeter.io/api-token in the cluster."
+        ),
+    ] = None,
+    refresh_seconds: Annotated[float, typer.Option(help="Re-read Meters and tokens.")] = 5.0,
+) -> None:
+    """Run the usage API: OpenMeter-compatible ingest and query (docs/api.md)."""
+    from kmeter.api.app import ApiSettings, run  # noqa: PLC0415 - keep other commands light
+
+    run(
+        ApiSettings(
+            kafka_bootstrap=kafka_bootstrap,
+            host=host,
+            port=port,
+            manifests=manifests,
+            default_namespace=namespace,
+            tokens=tokens,
+            refresh_seconds=refresh_seconds,
+        )
+    )
+
+
+@app.command()
 def crds(
     output_dir: Annotated[
         Path, typer.Option(help="Folder of the CRD files.", file_okay=False)
