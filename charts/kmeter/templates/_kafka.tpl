@@ -1,0 +1,51 @@
+{{/* Kafka connection as KMETER_KAFKA_* variables (kmeter.kafka.admin.KafkaSettings). */}}
+{{- define "kmeter.kafka.env" -}}
+- name: KMETER_KAFKA_BOOTSTRAP
+  value: {{ required "kafka.bootstrapServers is required: the Kafka bootstrap servers, host:port" .Values.kafka.bootstrapServers | quote }}
+- name: KMETER_KAFKA_SECURITY_PROTOCOL
+  value: {{ .Values.kafka.securityProtocol | quote }}
+{{- if has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL") }}
+- name: KMETER_KAFKA_CA_FILE
+  value: /etc/kmeter/kafka-ca/{{ .Values.kafka.tls.caSecret.key }}
+{{- end }}
+{{- if hasPrefix "SASL_" .Values.kafka.securityProtocol }}
+- name: KMETER_KAFKA_SASL_MECHANISM
+  value: {{ .Values.kafka.sasl.mechanism | quote }}
+- name: KMETER_KAFKA_SASL_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "kafka.sasl.secret.name is required with a SASL_* securityProtocol" .Values.kafka.sasl.secret.name }}
+      key: {{ .Values.kafka.sasl.secret.usernameKey }}
+- name: KMETER_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.kafka.sasl.secret.name }}
+      key: {{ .Values.kafka.sasl.secret.passwordKey }}
+{{- end }}
+{{- end -}}
+
+{{- define "kmeter.kafka.volumes" -}}
+{{- if has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL") }}
+- name: kafka-ca
+  secret:
+    secretName: {{ required "kafka.tls.caSecret.name is required with an SSL securityProtocol" .Values.kafka.tls.caSecret.name }}
+{{- end }}
+{{- end -}}
+
+{{- define "kmeter.kafka.volumeMounts" -}}
+{{- if has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL") }}
+- name: kafka-ca
+  mountPath: /etc/kmeter/kafka-ca
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "kmeter.image" -}}
+{{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
+{{- end -}}
+
+{{- define "kmeter.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kmeter.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
