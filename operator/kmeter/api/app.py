@@ -1,0 +1,209 @@
+"""``kmeter api``: settings, the aiohttp application, and running it.
+
+Routes (see :mod:`.openapi` for the full contract):
+
+| route | what |
+|---|---|
+| ``POST /api/v1/events`` | ingest (:mod:`.ingest`) |
+| ``GET /api/v1/meters`` ``/{meter}`` ``/{meter}/query`` ``/{meter}/subjects`` | :mod:`.query` |
+| the same under ``/api/v1/namespaces/{namespace}/`` | explicit namespace (403 if not the token's) |
+| ``GET /openapi.json`` ``/healthz`` ``/readyz`` ``/metrics`` | no token needed |
+
+Start-up: the tokens and the list of Meters are loaded, the HTTP server starts at once
+(``/healthz`` answers), and ``/readyz`` turns 200 once the Meters' totals are read up to date
+(:mod:`.materializer`). Kafka may be down at start: ingest answers 503 until it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kopf
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from kmeter.api import metrics, openapi
+from kmeter.api.auth import Authenticator, FileTokens, SecretTokens, TokenSource, auth_middleware
+from kmeter.api.encoding import dumps
+from kmeter.api.errors import Handler, problem_middleware, problem_response
+from kmeter.api.ingest import Ingestor, make_handler
+from kmeter.api.materializer import Materializer
+from kmeter.api.meters import KubeMeters, ManifestMeters, MeterSource
+from kmeter.api.query import routes
+from kmeter.kafka.admin import KafkaSettings
+from kmeter.kube.client import KubeClient
+
+log = logging.getLogger("kmeter.api")
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """How ``kmeter api`` runs (the command's options)."""
+
+    kafka_bootstrap: str
+    host: str = "0.0.0.0"
+    port: int = 8888
+    manifests: Path | None = None
+    """A folder of Meter manifests; None: Meters from the Kubernetes API."""
+    default_namespace: str = "default"
+    tokens: Path | None = None
+    """A tokens file; None: Secrets labelled kmeter.io/api-token from the Kubernetes API."""
+    refresh_seconds: float = 5.0
+    produce_timeout_s: float = 10.0
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_batch: int = 10_000
+
+
+def _request_metrics() -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        began = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        finally:
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            metrics.REQUESTS.labels(route, request.method, str(status)).inc()
+            metrics.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - began)
+
+    return middleware
+
+
+def build_app(
+    settings: ApiSettings,
+    *,
+    authenticator: Authenticator,
+    materializer: Materializer,
+    ingestor: Ingestor,
+) -> web.Application:
+    """The application; the caller starts and stops the parts it is given."""
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[_request_metrics(), problem_middleware, auth_middleware(authenticator)],
+    )
+    handlers = routes(materializer)
+    ingest = make_handler(ingestor, settings.max_batch)
+    for prefix in ("/api/v1", "/api/v1/namespaces/{namespace}"):
+        app.router.add_post(f"{prefix}/events", ingest)
+        app.router.add_get(f"{prefix}/meters", handlers["listMeters"])
+        app.router.add_get(f"{prefix}/meters/{{meter}}", handlers["getMeter"])
+        app.router.add_get(f"{prefix}/meters/{{meter}}/query", handlers["queryMeter"])
+        app.router.add_get(f"{prefix}/meters/{{meter}}/subjects", handlers["listMeterSubjects"])
+
+    document = dumps(openapi.document())
+
+    async def openapi_json(_: web.Request) -> web.Response:
+        return web.Response(body=document, content_type="application/json")
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
+    async def readyz(_: web.Request) -> web.Response:
+        if not authenticator.loaded:
+            return problem_response(503, "the API tokens are not loaded yet")
+        if not materializer.ready:
+            waiting = sorted(
+                f"{ns}/{name}" for (ns, name), view in materializer.views.items() if not view.ready
+            )
+            return problem_response(
+                503, "still reading the totals of: " + (", ".join(waiting) or "(listing Meters)")
+            )
+        return web.Response(body=b'{"status":"ready"}', content_type="application/json")
+
+    async def metrics_text(_: web.Request) -> web.Response:
+        metrics.READY.set(1 if materializer.ready else 0)
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_text)
+    return app
+
+
+async def _kube_client() -> KubeClient:
+    settings = kopf.OperatorSettings()
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+        settings=settings
+    )
+    if info is None:
+        raise RuntimeError("no Kubernetes credentials: no service account and no KUBECONFIG")
+    return KubeClient(info)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: ApiSettings) -> AsyncIterator[web.AppRunner]:
+    """Start everything, serve, and stop it all on exit."""
+    kube = None
+    if settings.manifests is None or settings.tokens is None:
+        kube = await _kube_client()
+    source: MeterSource
+    if settings.manifests is not None:
+        source = ManifestMeters(settings.manifests, settings.default_namespace)
+    else:
+        assert kube is not None
+        source = KubeMeters(kube)
+    token_source: TokenSource
+    if settings.tokens is not None:
+        token_source = FileTokens(settings.tokens)
+    else:
+        assert kube is not None
+        token_source = SecretTokens(kube)
+    kafka = KafkaSettings(settings.kafka_bootstrap, client_id="kmeter-api")
+    authenticator = Authenticator(token_source, refresh_seconds=settings.refresh_seconds)
+    materializer = Materializer(kafka, source, refresh_seconds=settings.refresh_seconds)
+    ingestor = Ingestor(kafka, timeout_s=settings.produce_timeout_s)
+    await authenticator.refresh()
+    await materializer.refresh()
+    app = build_app(
+        settings, authenticator=authenticator, materializer=materializer, ingestor=ingestor
+    )
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.port).start()
+    tasks = [
+        asyncio.create_task(authenticator.run(), name="refresh tokens"),
+        asyncio.create_task(materializer.run(), name="refresh meters"),
+    ]
+    log.info("kmeter api listening on %s:%d", settings.host, settings.port)
+    try:
+        yield runner
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await runner.cleanup()
+        await materializer.close()
+        await ingestor.close()
+        if kube is not None:
+            await kube.close()
+
+
+async def serve(settings: ApiSettings) -> None:
+    """Run until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with running(settings):
+        await stop.wait()
+
+
+def run(settings: ApiSettings) -> None:
+    """The ``kmeter api`` command."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    asyncio.run(serve(settings))
