@@ -221,8 +221,10 @@ class Topic(KubeModel):
         ge=1,
         le=2**31 - 1,
         description=(
-            "Partitions of the meter's topic (default 3). They can grow and never shrink: "
-            "lowering the number leaves the topic as it is, and a condition says so."
+            "Partitions of the meter's topics, at least (default 3): the namespace's ingest "
+            "topic takes the largest number any of its Meters asks for, and the meter's own "
+            "topics match it (co-partitioned), so they may have more. They can grow and never "
+            "shrink: lowering the number leaves the topics as they are, and a condition says so."
         ),
     )
     replication_factor: int = Field(
