@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ from tests.support.api import (  # noqa: E402
     write_manifests,
     write_tokens,
 )
+from tests.support.processes import testenv_exports  # noqa: E402
 
 from kmeter import topics  # noqa: E402
 
@@ -44,16 +44,12 @@ BATCH = 100
 
 
 def bootstrap() -> str:
-    found = os.environ.get("KMETER_KAFKA_BOOTSTRAP")
-    if found:
-        return found
-    out = subprocess.run(
-        [str(REPO / "scripts" / "testenv"), "env"], capture_output=True, text=True, check=True
-    ).stdout
-    for line in out.splitlines():
-        if "KMETER_KAFKA_BOOTSTRAP=" in line:
-            return line.split("=", 1)[1].strip().strip("'\"")
-    raise SystemExit("no Kafka: run scripts/testenv up")
+    found = os.environ.get("KMETER_KAFKA_BOOTSTRAP") or testenv_exports().get(
+        "KMETER_KAFKA_BOOTSTRAP"
+    )
+    if not found:
+        raise SystemExit("no Kafka: run scripts/testenv up")
+    return found
 
 
 def batches(run: str, count: int) -> list[list[dict[str, Any]]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from tests.support.operator import (  # noqa: E402
     eventually,
     install_crds,
 )
+from tests.support.processes import testenv_exports  # noqa: E402
 
 BARE_KOPF = """
 import kopf
@@ -52,13 +52,9 @@ def created(**_):
 
 
 def environment() -> Environment:
-    found = subprocess.run(
-        [str(REPO / "scripts" / "testenv"), "env"], capture_output=True, text=True, check=True
-    ).stdout
-    values = {}
-    for line in found.splitlines():
-        key, _, value = line.removeprefix("export ").partition("=")
-        values[key] = shlex.split(value)[0]
+    values = testenv_exports()
+    if not values:
+        raise SystemExit("the test environment is not up: scripts/testenv up")
     path = values["PATH"].replace("$PATH", os.environ.get("PATH", ""))
     return Environment(values["KMETER_KAFKA_BOOTSTRAP"], Path(values["KUBECONFIG"]), path)
 

@@ -12,8 +12,6 @@ it, and they *fail* when ``CI`` is set: in CI a missing Kafka or API server is a
 from __future__ import annotations
 
 import os
-import shlex
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +20,8 @@ import pytest
 from kubernetes import client
 from tests.support.faults import KafkaBroker
 from tests.support.kube import Environment, KubeUsers
-from tests.support.operator import install_chart_rbac, install_crds
+from tests.support.operator import OperatorProcess, install_chart_rbac, install_crds
+from tests.support.processes import testenv_exports
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,23 +33,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-def _environment_from_script() -> dict[str, str]:
-    result = subprocess.run(
-        [str(REPO / "scripts" / "testenv"), "env"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        return {}
-    found: dict[str, str] = {}
-    for line in result.stdout.splitlines():
-        if line.startswith("export "):
-            key, _, value = line.removeprefix("export ").partition("=")
-            found[key] = shlex.split(value)[0] if value else ""
-    return found
-
-
 @pytest.fixture(scope="session")
 def testenv() -> Environment:
     """The running test environment, or a skip (a failure under CI) when it is not up."""
@@ -58,7 +40,7 @@ def testenv() -> Environment:
     kubeconfig = os.environ.get("KUBECONFIG")
     path = os.environ.get("PATH", "")
     if not (bootstrap and kubeconfig):
-        found = _environment_from_script()
+        found = testenv_exports()
         bootstrap = found.get("KMETER_KAFKA_BOOTSTRAP")
         kubeconfig = found.get("KUBECONFIG")
         path = found.get("PATH", path).replace("$PATH", path)
@@ -122,3 +104,16 @@ def namespace(testenv: Environment) -> Iterator[str]:
     core.create_namespace({"metadata": {"name": name}})
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture(scope="module")
+def operator(
+    operator_kubeconfig: Path, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """``kmeter operator`` running under the chart's ClusterRole, for one test module."""
+    process = OperatorProcess(
+        operator_kubeconfig, kafka_bootstrap, tmp_path_factory.mktemp("operator")
+    )
+    process.start()
+    yield process
+    process.stop()

@@ -6,9 +6,7 @@ ClusterRole, against the real API server (with controller-manager) and the real 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,18 +29,6 @@ LLM_TOKENS: dict[str, Any] = {
     "groupBy": {"model": "$.model"},
     "topic": {"partitions": 3, "replicationFactor": 1, "retention": "P30D"},
 }
-
-
-@pytest.fixture(scope="module")
-def operator(
-    operator_kubeconfig: Path, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(
-        operator_kubeconfig, kafka_bootstrap, tmp_path_factory.mktemp("operator")
-    )
-    process.start()
-    yield process
-    process.stop()
 
 
 @pytest.fixture

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
 from tests.support.kube import Environment
-from tests.support.operator import OperatorProcess, Resources, eventually
+from tests.support.operator import Resources, eventually
 
 FREE_TIER: dict[str, Any] = {
     "meterRef": {"name": "llm-tokens"},
@@ -22,18 +20,6 @@ LLM_TOKENS: dict[str, Any] = {
     "aggregation": "SUM",
     "valueProperty": "$.usage.total_tokens",
 }
-
-
-@pytest.fixture(scope="module")
-def operator(
-    operator_kubeconfig: Path, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(
-        operator_kubeconfig, kafka_bootstrap, tmp_path_factory.mktemp("operator")
-    )
-    process.start()
-    yield process
-    process.stop()
 
 
 @pytest.fixture

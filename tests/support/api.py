@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ import orjson
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from tests.support.operator import eventually, free_port
+from tests.support.processes import ManagedProcess
 
 from kmeter import topics
 from kmeter.core.events import UsageEvent
@@ -57,7 +57,7 @@ class Answer:
         return orjson.loads(self.body)
 
 
-class ApiProcess:
+class ApiProcess(ManagedProcess):
     """``kmeter api`` in a subprocess, with its log in a file."""
 
     def __init__(
@@ -137,21 +137,6 @@ class ApiProcess:
                 return Answer(response.status, dict(response.headers), response.read())
         except urllib.error.HTTPError as error:
             return Answer(error.code, dict(error.headers), error.read())
-
-    def stop(self, *, kill: bool = False) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def log_tail(self, lines: int = 60) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def meter_manifest(

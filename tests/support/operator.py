@@ -8,7 +8,6 @@ kill it and start it again, as a crash or a rollout would.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from tests.support.kube import Environment
+from tests.support.processes import ManagedProcess
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kmeter"
@@ -76,7 +76,17 @@ def install_crds(env: Environment) -> None:
 def install_chart_rbac(env: Environment, release: str = "kmeter") -> str:
     """Apply the chart's operator ClusterRole as rendered by helm; returns its name."""
     rendered = subprocess.run(
-        ["helm", "template", release, str(CHART), "--show-only", "templates/operator-rbac.yaml"],
+        [
+            "helm",
+            "template",
+            release,
+            str(CHART),
+            "--show-only",
+            "templates/operator-rbac.yaml",
+            # Required by the chart; the RBAC does not depend on it.
+            "--set",
+            "kafka.bootstrapServers=kafka:9092",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -90,7 +100,7 @@ def install_chart_rbac(env: Environment, release: str = "kmeter") -> str:
     return name
 
 
-class OperatorProcess:
+class OperatorProcess(ManagedProcess):
     """``kmeter operator`` as a subprocess, with its log in a file."""
 
     def __init__(self, kubeconfig: Path, kafka_bootstrap: str, log_dir: Path) -> None:
@@ -133,21 +143,6 @@ class OperatorProcess:
         port = self.health_port if which == "health" else self.metrics_port
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
             return response.status, response.read().decode()
-
-    def stop(self, *, kill: bool = False) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def log_tail(self, lines: int = 60) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 class Resources:
