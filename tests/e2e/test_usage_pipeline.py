@@ -1,0 +1,176 @@
+"""End to end: requests through the sidecar are counted by the worker and answered by the API.
+
+Every part is the real process — ``kmeter-sidecar`` in front of an HTTP app, ``kmeter worker``
+for a COUNT Meter, ``kmeter api`` — over the real broker, wired the way the operator wires
+them (topics from ``meter_topics``, the worker's ``KMETER_METER``), as a customer would see it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import urllib.parse
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from tests.support.api import (
+    ApiProcess,
+    create_meter_topics,
+    meter_manifest,
+    write_manifests,
+    write_tokens,
+)
+from tests.support.operator import eventually, free_port
+
+BIN = Path(sys.executable).parent
+TOKEN = "e2e-token"
+
+
+@pytest.fixture
+def upstream() -> Iterator[int]:
+    """A small JSON app on a loopback port, in a thread of its own."""
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "path": request.path})
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", answer)
+        runner = web.AppRunner(app)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    yield port
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+class Running:
+    """Subprocesses to stop at the end of the test."""
+
+    def __init__(self) -> None:
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, command: list[str], log: Path, **env: str) -> subprocess.Popen[bytes]:
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                command, env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT
+            )
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(60)
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, response.read()
+
+
+def test_requests_through_the_sidecar_are_counted_once_each_and_queryable_per_customer(
+    kafka_bootstrap: str, upstream: int, tmp_path: Path
+) -> None:
+    namespace = f"e2e-{uuid.uuid4().hex[:8]}"
+    manifest = meter_manifest(
+        namespace,
+        "requests",
+        event_type="http.request",
+        aggregation="COUNT",
+        value_property=None,
+        group_by={"route": "$.route"},
+    )
+    create_meter_topics(kafka_bootstrap, namespace, "requests", partitions=2)
+    running = Running()
+    api: ApiProcess | None = None
+    try:
+        proxy_port, admin_port = free_port(), free_port()
+        sidecar = [
+            str(BIN / "kmeter-sidecar"),
+            "--port", str(proxy_port), "--listen-host", "127.0.0.1",
+            "--upstream", f"127.0.0.1:{upstream}",
+            "--admin-port", str(admin_port), "--admin-host", "127.0.0.1",
+            "--kafka-bootstrap", kafka_bootstrap, "--namespace", namespace,
+            "--pod-name", "web-1", "--spool-dir", str(tmp_path / "spool"),
+            "--event-type", "http.request", "--subject-from", "header:X-Customer-Id",
+        ]  # fmt: skip
+        running.start(sidecar, tmp_path / "sidecar.log")
+        running.start(
+            [str(BIN / "kmeter"), "worker", "--namespace", namespace, "--meter", "requests"],
+            tmp_path / "worker.log",
+            KMETER_KAFKA_BOOTSTRAP=kafka_bootstrap,
+            KMETER_METER=json.dumps(manifest["spec"]),
+            KMETER_METRICS_PORT=str(free_port()),
+            KMETER_HEALTH_PORT=str(free_port()),
+            POD_NAME="worker-1",
+        )
+        api = ApiProcess(
+            kafka_bootstrap,
+            tmp_path,
+            manifests=write_manifests(tmp_path / "manifests", [manifest]),
+            tokens=write_tokens(tmp_path / "tokens.yaml", {namespace: [TOKEN]}),
+        )
+        api.start()
+
+        eventually(
+            lambda: _answers(f"http://127.0.0.1:{proxy_port}/healthz-probe"), what="the sidecar"
+        )
+        sent: Counter[tuple[str, str]] = Counter()
+        for i in range(120):
+            customer = ("acme", "globex", "initech")[i % 3 if i < 90 else 0]
+            route = ("/v1/chat", "/v1/embeddings")[i % 2]
+            status, body = get(
+                f"http://127.0.0.1:{proxy_port}{route}?n={i}", {"X-Customer-Id": customer}
+            )
+            assert status == 200
+            assert json.loads(body)["path"] == route
+            sent[(customer, route)] += 1
+
+        def counted() -> dict[tuple[str, str], int] | None:
+            query = urllib.parse.urlencode(
+                [("groupBy", "route"), *[("subject", c) for c in ("acme", "globex", "initech")]]
+            )
+            answer = api.call("GET", f"/api/v1/meters/requests/query?{query}", token=TOKEN)
+            if answer.status != 200:
+                return None
+            rows = json.loads(answer.body)["data"]
+            found = {(r["subject"], r["groupBy"]["route"]): int(r["value"]) for r in rows}
+            # Probe requests (subject "probe") are counted too; they are not queried here.
+            return found if found == dict(sent) else None
+
+        eventually(counted, timeout=90, what="the API answers exactly the requests served")
+    finally:
+        running.stop()
+        if api is not None:
+            api.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        get(url, {"X-Customer-Id": "probe"})
+    except OSError:
+        return False
+    return True
