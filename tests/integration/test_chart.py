@@ -163,7 +163,7 @@ def test_an_installed_chart_runs_an_operator_that_makes_an_example_meter_ready(
         eventually(partial(resources.ready, "meters", "llm-tokens"), timeout=60, what="Ready")
     finally:
         operator.stop()
-    refused = [line for line in operator.log_tail(400).splitlines() if "Forbidden" in line]
+    refused = [line for line in operator.log_tail(400).splitlines() if "is forbidden: User" in line]
     assert refused == []
 
 

@@ -8,6 +8,7 @@ kind of credential the operator gets in a real cluster.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import uuid
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from kubernetes import client, config
+from kubernetes.client.exceptions import NotFoundException
 
 IDENTITY_NAMESPACE = "kmeter-test-identities"
 
@@ -84,11 +86,14 @@ class KubeUsers:
         api = self.testenv.api_client()
         rbac = client.RbacAuthorizationV1Api(api)
         for name, namespace, _ in self._bindings:
-            if namespace is None:
-                rbac.delete_cluster_role_binding(name)
-            else:
-                rbac.delete_namespaced_role_binding(name, namespace)
-            client.CoreV1Api(api).delete_namespaced_service_account(name, IDENTITY_NAMESPACE)
+            # Gone already is fine: a test may have deleted the namespace it bound a Role in.
+            with contextlib.suppress(NotFoundException):
+                if namespace is None:
+                    rbac.delete_cluster_role_binding(name)
+                else:
+                    rbac.delete_namespaced_role_binding(name, namespace)
+            with contextlib.suppress(NotFoundException):
+                client.CoreV1Api(api).delete_namespaced_service_account(name, IDENTITY_NAMESPACE)
         self._bindings.clear()
 
     def _ensure_namespace(self, core: client.CoreV1Api) -> None:
