@@ -51,3 +51,11 @@ def test_up_refuses_a_port_in_use_by_naming_it_and_starts_nothing(tmp_path: Path
     assert f"{busy} (Kafka broker)" in result.stderr
     assert "KMETER_TESTENV_KAFKA_PORT" in result.stderr
     assert run_testenv("status", run_dir=tmp_path / "run").stdout.strip() == "not up"
+
+
+@pytest.mark.usefixtures("testenv")
+def test_up_refuses_a_port_in_the_ephemeral_range_and_says_why(tmp_path: Path) -> None:
+    result = run_testenv("up", run_dir=tmp_path / "run", KMETER_TESTENV_KAFKA_PORT="40000")
+    assert result.returncode == 1
+    assert "40000 (Kafka broker), set by KMETER_TESTENV_KAFKA_PORT" in result.stderr
+    assert "ephemeral range" in result.stderr
