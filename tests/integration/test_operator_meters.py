@@ -161,7 +161,7 @@ def test_deleting_a_retain_meter_keeps_its_topics_and_a_delete_meter_removes_its
     resources.delete("meters", "kept")
     resources.delete("meters", "dropped")
     for name in ("kept", "dropped"):
-        eventually(partial(resources.gone, "meters", name), timeout=60, what=f"{name} gone")
+        eventually(partial(resources.gone, "meters", name), timeout=120, what=f"{name} gone")
 
     ns = resources.namespace
     assert describe_topic(kafka_bootstrap, topics.meter_topic(ns, "kept")) is not None
@@ -186,7 +186,7 @@ def test_a_meter_deleted_with_its_topics_also_loses_its_consumer_group(
     assert group in consumer_groups(kafka_bootstrap)
 
     resources.delete("meters", "forgotten")
-    eventually(lambda: resources.gone("meters", "forgotten"), what="Meter gone")
+    eventually(lambda: resources.gone("meters", "forgotten"), timeout=120, what="Meter gone")
 
     assert group not in consumer_groups(kafka_bootstrap)
 
@@ -196,7 +196,7 @@ def test_a_meter_deleted_and_created_again_becomes_ready_again(resources: Resour
     resources.create("meters", "again", LLM_TOKENS)
     first = eventually(lambda: resources.ready("meters", "again"), what="Meter Ready")
     resources.delete("meters", "again")
-    eventually(lambda: resources.get("meters", "again") is None, what="Meter gone")
+    eventually(lambda: resources.get("meters", "again") is None, timeout=120, what="Meter gone")
 
     resources.create("meters", "again", LLM_TOKENS)
     second = eventually(lambda: resources.ready("meters", "again"), what="Ready again")

@@ -9,6 +9,7 @@
 | ``KMETER_RESYNC_SECONDS`` | how often every resource is reconciled to repair drift | ``30`` |
 | ``KMETER_METRICS_PORT`` | port of ``/metrics`` (Prometheus) | ``9090`` |
 | ``KMETER_HEALTH_PORT`` | port of the liveness endpoint ``/healthz`` | ``8080`` |
+| ``KMETER_LOG_LEVEL`` | DEBUG, INFO, WARNING or ERROR | ``INFO`` |
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class OperatorSettings:
     resync_seconds: float = 30.0
     metrics_port: int = 9090
     health_port: int = 8080
+    log_level: str = "INFO"
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -54,7 +56,15 @@ class OperatorSettings:
             resync_seconds=_number(env, "KMETER_RESYNC_SECONDS", 30.0),
             metrics_port=int(_number(env, "KMETER_METRICS_PORT", 9090)),
             health_port=int(_number(env, "KMETER_HEALTH_PORT", 8080)),
+            log_level=_log_level(env.get("KMETER_LOG_LEVEL", "INFO")),
         )
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise SettingsError(f"KMETER_LOG_LEVEL={raw!r} is not DEBUG, INFO, WARNING or ERROR")
+    return level
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:
