@@ -16,7 +16,10 @@ the same run:
 
 Both processes are pinned to one core (``taskset -c <cpu>``) when ``taskset`` exists. Goals
 (issue 4): the worker at >= 0.7 of the raw consumer and >= 50,000 events/s on one core. The
-last line printed is one JSON object with every figure.
+last line printed is one JSON object with every figure. ``KMETER_MAX_BATCH`` in the
+environment reaches the worker (the figure says which was used). ``--profile FILE`` runs the
+worker under cProfile and writes its statistics there (read them with ``pstats``; the rates of
+such a run are not comparable).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from kmeter import topics  # noqa: E402
 from kmeter.kafka.admin import KafkaAdmin, KafkaSettings  # noqa: E402
 from kmeter.kafka.topics import reconcile_topics  # noqa: E402
 from kmeter.operator.meter_topics import TopicLayout, meter_topics  # noqa: E402
+from kmeter.worker.settings import DEFAULT_MAX_BATCH  # noqa: E402
 
 PARTITIONS = 3
 METER = "bench-tokens"
@@ -171,7 +175,9 @@ def _pin(cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu)] if shutil.which("taskset") else []
 
 
-def _worker(bootstrap: str, namespace: str, count: int, cpu: int) -> dict[str, float]:
+def _worker(
+    bootstrap: str, namespace: str, count: int, cpu: int, profile: str | None = None
+) -> dict[str, float]:
     health = _free_port()
     env = {
         **os.environ,
@@ -182,6 +188,8 @@ def _worker(bootstrap: str, namespace: str, count: int, cpu: int) -> dict[str, f
         "POD_NAME": "bench-worker",
     }
     command = [*_pin(cpu), str(REPO / ".venv" / "bin" / "kmeter"), "worker"]
+    if profile:  # cProfile writes its statistics when SIGTERM stops the worker
+        command[len(_pin(cpu)) : len(_pin(cpu))] = [sys.executable, "-m", "cProfile", "-o", profile]
     command += ["--namespace", namespace, "--meter", METER]
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -215,6 +223,7 @@ def main() -> None:
     parser.add_argument("--cpu", type=int, default=1)
     parser.add_argument("--baseline-only", metavar="TOPIC")
     parser.add_argument("--bootstrap")
+    parser.add_argument("--profile", metavar="FILE", help="run the worker under cProfile")
     args = parser.parse_args()
     if args.baseline_only:
         asyncio.run(_baseline(args.bootstrap, args.baseline_only))
@@ -229,7 +238,7 @@ def main() -> None:
     baseline = json.loads(out.strip().splitlines()[-1])
     assert baseline["records"] == args.events, baseline
     print(f"baseline: {args.events / baseline['seconds']:,.0f} events/s", flush=True)
-    worker = _worker(bootstrap, namespace, args.events, args.cpu)
+    worker = _worker(bootstrap, namespace, args.events, args.cpu, args.profile)
     raw_rate = args.events / baseline["seconds"]
     worker_rate = args.events / worker["seconds"]
     ready_rate = args.events / worker["seconds_from_ready"]
@@ -241,6 +250,8 @@ def main() -> None:
                 "events": args.events,
                 "event_bytes": round(size, 1),
                 "partitions": PARTITIONS,
+                "max_batch": int(os.environ.get("KMETER_MAX_BATCH", DEFAULT_MAX_BATCH)),
+                "profiled": bool(args.profile),
                 "cpu_pinned": args.cpu if _pin(args.cpu) else None,
                 "machine": f"{platform.machine()} {os.cpu_count()} cores",
                 "raw_consumer_events_per_s": round(raw_rate),

@@ -162,6 +162,16 @@ class Deduplicator:
 
         return remembered
 
+    def lookup(self, now: datetime) -> tuple[Callable[[str], float | None], float]:
+        """The fastest read-only check, for the fold's loop: ``(expiry_of, moment)``; a pair is
+        remembered when ``expiry_of(key)`` is not None and greater than ``moment``, where
+        ``key`` is ``f"{len(source)}:{source}{event_id}"``. Valid until the next :meth:`add`
+        or :meth:`advance`, like :meth:`view`."""
+        moment = _seconds(now)
+        if self._clock is not None:
+            moment = max(moment, self._clock)
+        return self._expiry_by_key.get, moment
+
     def add(self, source: str, event_id: str) -> bool:
         """Record the pair at the current clock; True if it is new, False for a duplicate.
 

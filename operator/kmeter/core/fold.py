@@ -50,9 +50,11 @@ per subject and group.
 the pairs the applied results recorded. Applying the same result twice is harmless.
 
 Speed: the loop does a few dict operations per event and builds no per-event objects besides the
-window key. Measured on a 2-core machine: ~3.5 µs per event folded and applied (SUM, one
-``groupBy``, 1,000-event batches), plus ~5 µs to decode it (:mod:`kmeter.core.events`), plus
-~5 µs per output record (one per changed window per batch).
+window key and the (source, id) pair; the dedup key is built once per event; a SUM of int values
+adds Python ints per window and makes one Decimal per window at the end. Measured on a 2-core
+machine: ~2.5 µs per event folded and applied (SUM, one ``groupBy``, 10,000-event batches), plus
+~3 µs to decode it (:mod:`kmeter.core.events`), plus ~5 µs per output record (one per changed
+window per batch).
 """
 
 from __future__ import annotations
@@ -389,12 +391,12 @@ def _fold_events(  # noqa: PLR0912, PLR0915 - one flat loop is what makes the fo
     value_path = meter.value_property
     group_paths = [path for _, path in meter.group_by]
     single_group = group_paths[0] if len(group_paths) == 1 else None
-    remembered = state.dedup.view(now)
+    expiry_of, moment = state.dedup.lookup(now)
     partial = batch.partial
     partial_get = partial.get
     accepted = batch.accepted
     rejects = batch.rejects
-    seen: set[tuple[str, str]] = set()
+    seen: set[str] = set()
     value: Any = None
 
     number_get = (
@@ -404,6 +406,10 @@ def _fold_events(  # noqa: PLR0912, PLR0915 - one flat loop is what makes the fo
     limit = _INT_LIMIT
     to_decimal = Decimal
     epoch = _EPOCH
+    # SUM of int values (the common case): summed as Python ints per window, exact, and turned
+    # into one Decimal per window after the loop, instead of a Decimal addition per event.
+    int_sums: dict[WindowKey, int] | None = {} if meter.aggregation is Aggregation.SUM else None
+    int_sums_get = int_sums.get if int_sums is not None else None
 
     for position, event in enumerate(events):
         if event.type != event_type:
@@ -413,18 +419,28 @@ def _fold_events(  # noqa: PLR0912, PLR0915 - one flat loop is what makes the fo
         if cutoff is not None and time < cutoff:
             rejects.append(Reject(position, event, _too_old(time, cutoff)))
             continue
-        pair = (event.source, event.id)
-        if pair in seen or remembered(*pair):
+        source = event.source
+        event_id = event.id
+        dedup_key = f"{len(source)}:{source}{event_id}"  # Deduplicator's key of the pair
+        if dedup_key in seen:
+            batch.duplicates += 1
+            continue
+        expiry = expiry_of(dedup_key)
+        if expiry is not None and expiry > moment:
             batch.duplicates += 1
             continue
         data = event.data
+        int_value = None
         try:
             # Fast paths inline for the common shapes (an int value, a string label); the
             # jsonpath functions handle everything else, including the reasons for rejects.
             if number_get is not None:
                 raw = number_get(data)
                 if type(raw) is int and -limit < raw < limit:
-                    value = to_decimal(raw)
+                    if int_sums_get is not None:
+                        int_value = raw
+                    else:
+                        value = to_decimal(raw)
                 else:
                     value = number_at(value_path, data)  # type: ignore[arg-type]
             elif value_path is not None:
@@ -444,10 +460,18 @@ def _fold_events(  # noqa: PLR0912, PLR0915 - one flat loop is what makes the fo
         elapsed = time - epoch  # exact integer seconds (a float timestamp can round up)
         seconds = elapsed.days * 86400 + elapsed.seconds
         key = (event.subject, labels, seconds - seconds % step)
-        current = partial_get(key)
-        partial[key] = add(empty() if current is None else current, value, event)
-        seen.add(pair)
-        accepted.append(pair)
+        if int_value is not None:
+            int_sums[key] = int_sums_get(key, 0) + int_value  # type: ignore[index,misc]
+        else:
+            current = partial_get(key)
+            partial[key] = add(empty() if current is None else current, value, event)
+        seen.add(dedup_key)
+        accepted.append((source, event_id))
+    if int_sums:
+        merge = aggregator.merge  # SUM: the exact addition, as add
+        for key, total in int_sums.items():
+            current = partial_get(key)
+            partial[key] = merge(empty() if current is None else current, to_decimal(total))
 
 
 def fold(

@@ -4,10 +4,11 @@ The worker keeps a :class:`PartitionState` per ingest partition it owns: a
 :class:`~kmeter.core.fold.FoldState` (window states and deduplicator) that holds exactly what
 partition *p* of the output and dedup topics say, plus nothing uncommitted. :func:`plan_batch`
 turns a batch of records into a :class:`BatchWork` — the records to write and the offset to
-commit — *without* touching the state; :meth:`PartitionState.commit` applies it once the Kafka
-transaction holding those records and that offset has committed. So an aborted or failed
-transaction leaves the state as it was; the worker then rebuilds it from Kafka anyway (see
-:mod:`.runner`), never trusting memory after an error.
+commit — *without* touching the state; :meth:`PartitionState.commit` applies it. The worker
+applies a batch as soon as it is planned, so that the next batch can be planned while the
+transaction holding this one commits (see "Pipelining" in :mod:`.runner`); the state may thus
+run one batch ahead of Kafka, and after a failed transaction the worker drops it and rebuilds
+it from Kafka, never trusting memory after an error.
 
 **Time.** A batch's ``now`` is the newest record timestamp of the batch (the log's time, which
 replays alike), capped at the wall clock so that a producer's clock far in the future cannot
@@ -117,7 +118,7 @@ class PartitionState:
         return cls(partition, state), counts
 
     def commit(self, work: BatchWork, retention: timedelta) -> None:
-        """Apply a batch whose transaction committed."""
+        """Apply a planned batch (its transaction committed, or is in flight: see the module)."""
         state = self.fold_state
         state.apply(work.result)
         newest = work.newest_event_time

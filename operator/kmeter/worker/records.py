@@ -154,7 +154,7 @@ def decode_records(meter: str, records: Sequence[IngestRecord]) -> Decoded:
         if ingest_time is None:
             ingest_time = times[stamp] = record_time(stamp)
         try:
-            if not _is_array(value):
+            if value[:1] == b"{" or not _is_array(value):
                 append_event(decode_event(value, ingest_time=ingest_time))
                 append_origin(Origin(record, None))
                 continue

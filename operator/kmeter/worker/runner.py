@@ -8,8 +8,17 @@ Each ``getmany`` batch is split by partition; for each partition, concurrently, 
 transaction carries the changed window totals (to partition *p* of the output topic, keyed by
 window), the accepted (source, id) pairs (partition *p* of the dedup changelog), the dead letters
 (with their reason) and — exactly once per transaction, aiokafka bug #1098 — the consumed
-offset via ``send_offsets_to_transaction``. Only after the commit does the partition's state
-apply the batch.
+offset via ``send_offsets_to_transaction``.
+
+**Pipelining.** A transaction waits for the broker several times (add partitions, produce,
+add offsets, commit); the worker does not idle meanwhile. Each partition has at most one
+transaction in flight, run as a task, while the loop fetches and plans the next batch. The
+next batch is planned against the state *with the batch in flight applied* (the state runs one
+batch ahead of what Kafka committed), and its transaction begins only after the one in flight
+committed. When a transaction fails, the partition's state — which then holds uncommitted
+batches — is dropped and rebuilt from Kafka (below), and the batch planned behind it is
+discarded without being written: so the output never holds a total built on an uncommitted
+batch, and the rebuilt state is exactly what Kafka committed.
 
 **Why a producer per partition (zombie fencing).** aiokafka speaks only v0 of the transaction
 requests: no KIP-447, so the broker cannot fence a stale consumer-group member by its
@@ -31,10 +40,10 @@ consumer seeks to it and resumes. Memory is never trusted after an error: an abo
 ambiguous commit ends in the same rebuild, whose result is whatever Kafka committed.
 
 **Rebalances.** aiokafka's protocol is eager: on revoke the worker waits for the transactions
-in flight (a lock held while a batch is processed), stops the revoked partitions' producers and
-drops their state; on assignment it pauses the new partitions and rebuilds each before fetching
-from it. Records of a partition no longer owned, or below the offset its state has reached,
-are never folded.
+in flight (a lock held while a batch is planned, then the partitions' transaction tasks), stops
+the revoked partitions' producers and drops their state; on assignment it pauses the new
+partitions and rebuilds each before fetching from it. Records of a partition no longer owned,
+or below the offset its state has reached, are never folded.
 
 **Errors.** A failed transaction of *p* aborts and rebuilds *p* (retried with backoff while
 Kafka is unreachable; ``/readyz`` says 503 meanwhile); other partitions go on. Fenced means
@@ -64,7 +73,7 @@ from kmeter import topics
 from kmeter.worker.health import Servers
 from kmeter.worker.metrics import WorkerMetrics
 from kmeter.worker.partition import BatchWork, PartitionState, plan_batch
-from kmeter.worker.records import IngestRecord, transactional_id
+from kmeter.worker.records import transactional_id
 from kmeter.worker.restore import read_to_end
 from kmeter.worker.settings import WorkerSettings
 
@@ -87,6 +96,8 @@ class Owned:
     """The offset the state has reached (records below it are already counted)."""
     failures: int = 0
     retry_at: float = 0.0
+    inflight: asyncio.Task[None] | None = None
+    """The transaction of the latest batch planned, while it runs."""
 
     @property
     def ready(self) -> bool:
@@ -158,9 +169,9 @@ class Worker:
     async def revoke(self, revoked: set[TopicPartition]) -> None:
         """Rebalance listener: wait for the transactions in flight, then let the partitions go."""
         async with self._lock:
-            for tp in revoked:
-                if tp.topic != self.ingest_topic:
-                    continue
+            mine = [tp for tp in revoked if tp.topic == self.ingest_topic]
+            await _settle([self.owned[tp.partition] for tp in mine if tp.partition in self.owned])
+            for tp in mine:
                 owned = self.owned.pop(tp.partition, None)
                 if owned is not None and owned.producer is not None:
                     await _close(owned.producer)
@@ -235,7 +246,11 @@ class Worker:
 
     async def _recover_pending(self) -> None:
         now = time.monotonic()
-        due = [o for o in self.owned.values() if not o.ready and o.retry_at <= now]
+        due = [
+            o
+            for o in self.owned.values()
+            if not o.ready and o.retry_at <= now and (o.inflight is None or o.inflight.done())
+        ]
         if not due:
             return
         async with self._lock:
@@ -276,28 +291,38 @@ class Worker:
 
     # --- one batch --------------------------------------------------------------------------
 
-    async def _transact(self, owned: Owned, tp: TopicPartition, records: Sequence[Any]) -> None:
+    def _plan(self, owned: Owned, tp: TopicPartition, records: Sequence[Any]) -> _Planned | None:
+        """Plan a batch and apply it to the state at once (see "Pipelining")."""
         if owned.position is not None and records[0].offset < owned.position:
             records = [r for r in records if r.offset >= owned.position]
             if not records:
-                return
-        assert owned.state is not None
-        assert owned.producer is not None
+                return None
+        state, producer = owned.state, owned.producer
+        assert state is not None
+        assert producer is not None
         work = plan_batch(
             self.settings.meter_name,
-            owned.state,
+            state,
             records,
             retention=self.retention,
             wall_now=datetime.now(UTC),
         )
-        try:
-            await asyncio.wait_for(self._write(owned.producer, tp, work), TRANSACTION_TIMEOUT_S)
-        except Exception as error:
-            await self._break(owned, error)
-            return
-        owned.state.commit(work, self.retention)
+        state.commit(work, self.retention)
         owned.position = work.next_offset
-        self._count(work, records, tp, owned)
+        return _Planned(owned, tp, state, producer, work, len(records))
+
+    async def _transact(self, planned: _Planned) -> None:
+        """Write one planned batch in one transaction; on failure, drop and rebuild."""
+        owned = planned.owned
+        try:
+            await asyncio.wait_for(
+                self._write(planned.producer, planned.tp, planned.work), TRANSACTION_TIMEOUT_S
+            )
+        except Exception as error:
+            if owned.producer is planned.producer:
+                await self._break(owned, error)
+            return
+        self._count(planned.work, planned.records, planned.tp, owned)
 
     async def _write(self, producer: AIOKafkaProducer, tp: TopicPartition, work: BatchWork) -> None:
         partition = tp.partition
@@ -322,13 +347,11 @@ class Worker:
             await asyncio.gather(*futures)
         await producer.commit_transaction()
 
-    def _count(
-        self, work: BatchWork, records: Sequence[IngestRecord], tp: TopicPartition, owned: Owned
-    ) -> None:
+    def _count(self, work: BatchWork, records: int, tp: TopicPartition, owned: Owned) -> None:
         m = self.metrics
         counts = work.result.counts
         m.transactions.labels("committed").inc()
-        m.records_in.inc(len(records))
+        m.records_in.inc(records)
         m.events_in.inc(work.events_in)
         m.events_counted.inc(counts.counted)
         m.events_deduplicated.inc(counts.duplicates)
@@ -357,14 +380,23 @@ class Worker:
         m.windows.set(sum(len(s.fold_state.windows) for s in states))
 
     async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Plan every partition's batch, then start its transaction once the one before it
+        (of the same partition) is done."""
         async with self._lock:
-            work = []
+            planned = []
             for tp, records in batch.items():
                 owned = self.owned.get(tp.partition)
                 if records and owned is not None and owned.ready and tp.topic == self.ingest_topic:
-                    work.append(self._transact(owned, tp, records))
-            if work:
-                await asyncio.gather(*work)
+                    step = self._plan(owned, tp, records)
+                    if step is not None:
+                        planned.append(step)
+            for step in planned:
+                owned = step.owned
+                if owned.inflight is not None:
+                    await _settle([owned])
+                if owned.state is not step.state or owned.producer is not step.producer:
+                    continue  # the transaction before it failed: the partition is being rebuilt
+                owned.inflight = asyncio.create_task(self._transact(step))
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -395,8 +427,9 @@ class Worker:
                     self._update_gauges()
                     last_gauges = time.monotonic()
         finally:
-            # No batch is in flight here. Not under the lock: leaving the group may call the
-            # revoke listener, which takes it.
+            # Let the transactions in flight commit (or abort). Not under the lock: leaving the
+            # group may call the revoke listener, which takes it.
+            await _settle(list(self.owned.values()))
             log.info("stopping: leaving the consumer group")
             try:
                 await asyncio.wait_for(consumer.stop(), CLOSE_TIMEOUT_S * 3)
@@ -406,6 +439,27 @@ class Worker:
                     *(_close(owned.producer) for owned in owned_now if owned.producer is not None)
                 )
                 log.info("stopped")
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """A batch planned (and applied to ``state``) whose transaction is still to run."""
+
+    owned: Owned
+    tp: TopicPartition
+    state: PartitionState
+    producer: AIOKafkaProducer
+    work: BatchWork
+    records: int
+
+
+async def _settle(owned: Sequence[Owned]) -> None:
+    """Wait until the transactions in flight of ``owned`` are done (they handle their errors)."""
+    tasks = [o.inflight for o in owned if o.inflight is not None]
+    for o in owned:
+        o.inflight = None
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _gauge_value(gauge: Any) -> float:

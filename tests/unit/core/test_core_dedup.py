@@ -199,3 +199,19 @@ def test_with_a_bound_no_new_event_is_ever_called_a_duplicate(
             accepted.append(number)
         assert len(dedup) <= max_entries
     assert dedup.stats.evicted == max(0, len(accepted) - max_entries)
+
+
+def test_lookup_answers_as_contains_for_the_fold() -> None:
+    start = datetime(2024, 5, 1, tzinfo=UTC)
+    dedup = Deduplicator(timedelta(hours=1))
+    dedup.advance(start)
+    dedup.add("gw", "1")
+    dedup.add("g", "w1")
+    dedup.advance(start + timedelta(minutes=30))
+    dedup.add("gw", "2")
+    for now in (start, start + timedelta(minutes=59), start + timedelta(minutes=61)):
+        expiry_of, moment = dedup.lookup(now)
+        for source, event_id in [("gw", "1"), ("g", "w1"), ("gw", "2"), ("gw", "3"), ("g", "w2")]:
+            expiry = expiry_of(f"{len(source)}:{source}{event_id}")
+            found = expiry is not None and expiry > moment
+            assert found == dedup.contains(source, event_id, now), (now, source, event_id)

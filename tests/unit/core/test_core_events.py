@@ -383,3 +383,179 @@ def test_exactly_the_invalid_fields_are_reported(changes: dict[str, Any]) -> Non
 def test_event_to_dict_writes_the_time_even_when_the_event_had_none() -> None:
     event = event_from_dict(valid(time=...), ingest_time=INGEST)
     assert event_to_dict(event)["time"] == "2024-05-01T12:00:00Z"
+
+
+# --- the fast path agrees with the thorough one ---------------------------------------------
+
+_json_numbers = st.sampled_from(
+    [
+        "0",
+        "-0",
+        "7",
+        "1.5",
+        "0.1",
+        "1e3",
+        "1E+2",
+        "-2.5e-3",
+        "0.10000000000000000001",
+        "123456789012345678",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775809",
+        "1" + "0" * 30,
+        "1e400",
+        "NaN",
+    ]
+)
+_scalars = st.one_of(
+    st.sampled_from(["null", "true", "false"]),
+    _json_numbers,
+    st.text(max_size=8).map(lambda text: orjson.dumps(text).decode()),
+    st.sampled_from(['"\\ud800"', '"a:1234567890123456"', '""', '"1.0"']),
+)
+_json_values = st.recursive(
+    _scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=3).map(lambda items: "[" + ",".join(items) + "]"),
+        st.dictionaries(st.sampled_from(["a", "b", "usage", "n"]), children, max_size=3).map(
+            lambda members: (
+                "{" + ",".join(f"{orjson.dumps(k).decode()}:{v}" for k, v in members.items()) + "}"
+            )
+        ),
+    ),
+    max_leaves=12,
+)
+_deep = st.integers(min_value=5, max_value=205).map(lambda n: '{"a":' * n + "1" + "}" * n)
+_attribute_values = st.one_of(
+    _json_values,
+    _deep,
+    st.sampled_from(
+        [
+            '"1.0"',
+            '"evt"',
+            '"2024-05-01T11:59:00Z"',
+            '"2024-05-01T11:59:00.123456789Z"',
+            '"2024-05-01t11:59:00z"',
+            '"2024-05-01 13:59:00+02:00"',
+            '"2024-05-01T11:59:00"',
+            '"2024-02-30T00:00:00Z"',
+            '"2024-05-01T11:59:60Z"',
+            '"1969-12-31T23:59:59Z"',
+            '"8999-12-31T23:59:59.999999Z"',
+            '"9000-01-01T00:30:00+01:00"',
+            '"20240501T115900Z"',
+            '"application/json"',
+            '"text/json"',
+            '"application/cloudevents+json"',
+        ]
+    ),
+)
+_names = st.sampled_from(
+    [
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "subject",
+        "time",
+        "data",
+        "datacontenttype",
+        "dataschema",
+        "data_base64",
+        "ext1",
+        "Bad",
+    ]
+)
+
+
+@st.composite
+def raw_events(draw: st.DrawFn) -> bytes:
+    """Event bytes, mostly plain and valid, with any attribute replaced, dropped or added, odd
+    numbers and nesting in data, duplicate names and broken syntax."""
+    members = {
+        "specversion": '"1.0"',
+        "id": '"evt-1"',
+        "source": '"gateway"',
+        "type": '"llm.completion"',
+        "subject": '"customer-1"',
+        "time": '"2024-05-01T11:59:00.5Z"',
+        "datacontenttype": '"application/json"',
+        "data": '{"model":"gpt-4o","usage":{"total_tokens":1234}}',
+    }
+    pairs = list(members.items())
+    for _ in range(draw(st.integers(min_value=0, max_value=3))):
+        name = draw(_names)
+        action = draw(st.sampled_from(["set", "drop", "append"]))
+        if action == "drop":
+            pairs = [(key, value) for key, value in pairs if key != name]
+        elif action == "set":
+            value = draw(_attribute_values)
+            pairs = [(key, value if key == name else old) for key, old in pairs]
+        else:
+            pairs.append((name, draw(_attribute_values)))
+    text = "{" + ",".join(f'"{key}":{value}' for key, value in pairs) + "}"
+    if draw(st.integers(min_value=0, max_value=9)) == 0:
+        cut = draw(st.integers(min_value=0, max_value=len(text)))
+        text = text[:cut] + draw(st.sampled_from(["", ",", "}", " ", "x"])) + text[cut + 1 :]
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _thorough_decode(raw: bytes, ingest_time: datetime) -> UsageEvent | list[str]:
+    """The oracle: the exact decoder, then the thorough validator (never the fast paths)."""
+    from kmeter.core import events, exactjson  # noqa: PLC0415
+
+    try:
+        document = exactjson.loads(raw)
+    except exactjson.JSONDecodeError as error:
+        return [f"body: is not valid JSON: {error}"]
+    result = events._thorough(document, ingest_time.astimezone(UTC), False)
+    return [str(problem) for problem in result] if isinstance(result, list) else result
+
+
+def _typed(value: object) -> object:
+    """A value with the type of every number made visible (1 == 1.0 == Decimal(1) otherwise)."""
+    if isinstance(value, dict):
+        return {key: _typed(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_typed(item) for item in value]
+    return (type(value).__name__, repr(value))
+
+
+@settings(max_examples=2000)
+@given(raw_events(), st.sampled_from([INGEST, INGEST.astimezone(timezone(timedelta(hours=2)))]))
+def test_the_fast_path_accepts_and_refuses_exactly_as_the_thorough_path(
+    raw: bytes, ingest_time: datetime
+) -> None:
+    expected = _thorough_decode(raw, ingest_time)
+    try:
+        got: UsageEvent | list[str] = decode_event(raw, ingest_time=ingest_time)
+    except InvalidEventError as error:
+        got = [str(problem) for problem in error.problems]
+    assert _typed(got) == _typed(expected)
+    if isinstance(got, UsageEvent):
+        assert got.time.tzinfo is UTC
+    if isinstance(expected, UsageEvent):  # the batch path agrees too
+        assert _typed(decode_events(raw, ingest_time=ingest_time).events) == _typed((expected,))
+
+
+def test_the_fast_path_sends_every_inexact_or_deep_document_to_the_exact_decoder() -> None:
+    base = b'{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"c","data":'
+    long_fraction = decode_event(base + b'{"n":0.10000000000000000001}}', ingest_time=INGEST)
+    assert long_fraction.data == {"n": Decimal("0.10000000000000000001")}
+    big = decode_event(base + b'{"n":18446744073709551616}}', ingest_time=INGEST)
+    assert big.data == {"n": Decimal(18446744073709551616)}
+    assert type(big.data["n"]) is Decimal
+    short = decode_event(base + b'{"n":0.1}}', ingest_time=INGEST)
+    assert short.data is not None
+    assert type(short.data["n"]) is float
+    with pytest.raises(InvalidEventError, match="deeper"):
+        decode_event(base + b'{"a":' * 200 + b"1" + b"}" * 201, ingest_time=INGEST)
+
+
+def test_a_datacontenttype_that_is_an_object_is_refused_with_its_reason_not_a_crash() -> None:
+    raw = orjson.dumps(valid(datacontenttype={"a": 1}))
+    with pytest.raises(InvalidEventError) as raised:
+        decode_event(raw, ingest_time=INGEST)
+    assert str(raised.value) == (
+        'datacontenttype: {"a":1} is not a JSON media type; kmeter reads data as JSON'
+    )
