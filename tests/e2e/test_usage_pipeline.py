@@ -7,12 +7,10 @@ them (topics from ``meter_topics``, the worker's ``KMETER_METER``), as a custome
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
-import threading
 import urllib.parse
 import urllib.request
 import uuid
@@ -29,6 +27,7 @@ from tests.support.api import (
     write_manifests,
     write_tokens,
 )
+from tests.support.http import serve_in_thread
 from tests.support.operator import eventually, free_port
 
 BIN = Path(sys.executable).parent
@@ -38,30 +37,14 @@ TOKEN = "e2e-token"
 @pytest.fixture
 def upstream() -> Iterator[int]:
     """A small JSON app on a loopback port, in a thread of its own."""
-    port = free_port()
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
 
     async def answer(request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "path": request.path})
 
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", answer)
-        runner = web.AppRunner(app)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    yield port
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    with serve_in_thread(app) as served:
+        yield served.port
 
 
 class Running:

@@ -20,7 +20,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -35,18 +34,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from tests.support.faults import KafkaBroker
+from tests.support.http import App, serve_in_thread
+from tests.support.operator import free_port
 
 from kmeter.topics import ingest_topic
 
 REPO = Path(__file__).resolve().parents[2]
 SIDECAR = REPO / ".venv" / "bin" / "kmeter-sidecar"
 PATTERN = bytes(range(256)) * 4096  # 1 MiB of every byte value
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pattern(size: int) -> bytes:
@@ -134,17 +129,9 @@ async def app_slow(request: web.Request) -> web.Response:
     return web.json_response({"slow": True})
 
 
-@dataclass
-class App:
-    port: int
-    loop: asyncio.AbstractEventLoop
-
-
 @pytest.fixture(scope="module")
 def app() -> Iterator[App]:
     """The app on a loopback port, served from a thread of its own."""
-    port = free_port()
-    loop = asyncio.new_event_loop()
     application = web.Application(client_max_size=1 << 30)
     application.router.add_get("/json", app_json)
     application.router.add_get("/large", app_large)
@@ -154,23 +141,8 @@ def app() -> Iterator[App]:
     application.router.add_get("/v1/chat/completions", app_sse)
     application.router.add_get("/ws", app_ws)
     application.router.add_get("/slow", app_slow)
-    runner = web.AppRunner(application, access_log=None)
-    started = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    yield App(port, loop)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with serve_in_thread(application) as served:
+        yield served
 
 
 # --- the sidecar ----------------------------------------------------------------------------
