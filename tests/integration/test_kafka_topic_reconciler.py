@@ -11,14 +11,15 @@ import asyncio
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from tests.support.kafka import TopicSeen
+from tests.support.kafka import seen_by_kafka as topic_seen
 
 from kmeter import topics
 from kmeter.kafka.admin import KafkaAdmin, KafkaSettings, KafkaUnavailable
@@ -38,13 +39,6 @@ from kmeter.kafka.topics import (
 METER_CONFIGS = {"cleanup.policy": "compact,delete", "retention.ms": "86400000"}
 
 
-@dataclass(frozen=True)
-class SeenByKafka:
-    partitions: int
-    replication_factor: int
-    overrides: Mapping[str, str]
-
-
 @asynccontextmanager
 async def raw_admin(bootstrap: str) -> AsyncIterator[Any]:
     """A plain aiokafka admin client: the test's own eyes and hands on the broker."""
@@ -56,23 +50,10 @@ async def raw_admin(bootstrap: str) -> AsyncIterator[Any]:
         await client.close()
 
 
-async def seen_by_kafka(bootstrap: str, name: str) -> SeenByKafka:
-    async with raw_admin(bootstrap) as client:
-        (topic,) = await client.describe_topics([name])
-        (response,) = await client.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, name)]
-        )
-    assert topic["error_code"] == 0, topic
-    (resource,) = response.to_object()["resources"]
-    return SeenByKafka(
-        partitions=len(topic["partitions"]),
-        replication_factor=len(topic["partitions"][0]["replicas"]),
-        overrides={
-            entry["config_names"]: entry["config_value"]
-            for entry in resource["config_entries"]
-            if entry["config_source"] == 1  # set on the topic itself
-        },
-    )
+async def seen_by_kafka(bootstrap: str, name: str) -> TopicSeen:
+    seen = await topic_seen(bootstrap, name)
+    assert seen is not None, f"topic {name} does not exist"
+    return seen
 
 
 async def topic_exists(bootstrap: str, name: str) -> bool:

@@ -18,10 +18,12 @@ TOPIC_OVERRIDE = 1  # DescribeConfigs source: set on the topic itself
 @dataclass(frozen=True)
 class TopicSeen:
     partitions: int
+    replication_factor: int
     overrides: dict[str, str]
 
 
-async def _describe(bootstrap: str, name: str) -> TopicSeen | None:
+async def seen_by_kafka(bootstrap: str, name: str) -> TopicSeen | None:
+    """Partitions, replication factor and topic-level overrides; None when there is no topic."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -31,9 +33,11 @@ async def _describe(bootstrap: str, name: str) -> TopicSeen | None:
         (response,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
     finally:
         await admin.close()
+    assert topic["error_code"] == 0, topic
     (resource,) = response.to_object()["resources"]
     return TopicSeen(
         partitions=len(topic["partitions"]),
+        replication_factor=len(topic["partitions"][0]["replicas"]),
         overrides={
             entry["config_names"]: entry["config_value"]
             for entry in resource["config_entries"]
@@ -44,7 +48,7 @@ async def _describe(bootstrap: str, name: str) -> TopicSeen | None:
 
 def describe_topic(bootstrap: str, name: str) -> TopicSeen | None:
     """Partitions and topic-level config overrides, or None when the topic does not exist."""
-    return asyncio.run(_describe(bootstrap, name))
+    return asyncio.run(seen_by_kafka(bootstrap, name))
 
 
 def set_topic_configs(bootstrap: str, name: str, configs: dict[str, str]) -> None:
