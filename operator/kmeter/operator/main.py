@@ -34,7 +34,12 @@ from kmeter.kube.client import KubeClient
 from kmeter.operator import metrics
 from kmeter.operator.conditions import merge_conditions, transitions
 from kmeter.operator.meter_delete import delete_meter
-from kmeter.operator.meter_reconcile import apply_worker, reconcile_meter, topic_layout
+from kmeter.operator.meter_reconcile import (
+    apply_quotas,
+    apply_worker,
+    reconcile_meter,
+    topic_layout,
+)
 from kmeter.operator.quota_reconcile import check_quota, meter_ref, quota_config
 from kmeter.operator.settings import OperatorSettings, retry_delay
 
@@ -252,7 +257,7 @@ async def quota_reconcile(
     _post_transitions(body, before, after)
     if meter is not None:
         quotas = _valid_quotas(namespace, meter["metadata"]["name"], meter["spec"], quota_configs)
-        await apply_worker(meter, quotas, kube=state.kube(), settings=state.settings)
+        await apply_quotas(meter, quotas, kube=state.kube())
     if condition.status != "True":
         metrics.RECONCILE_ERRORS.labels("Quota", condition.reason).inc()
         metrics.RECONCILES.labels("Quota", "retry").inc()

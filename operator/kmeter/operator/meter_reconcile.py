@@ -162,6 +162,17 @@ def _topics_condition(
     )
 
 
+async def apply_quotas(
+    body: Mapping[str, Any], quotas: Sequence[Mapping[str, Any]], *, kube: KubeClient
+) -> None:
+    """Apply the Meter's quota ConfigMap: all a Quota's change touches."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    await kube.apply(
+        resource_path("v1", "configmaps", namespace, quotas_configmap_name(name)),
+        quotas_configmap(body, quotas),
+    )
+
+
 async def apply_worker(
     body: Mapping[str, Any],
     quotas: Sequence[Mapping[str, Any]],
@@ -171,10 +182,7 @@ async def apply_worker(
 ) -> dict[str, Any]:
     """Apply the Meter's quota ConfigMap and worker Deployment; returns the Deployment."""
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    await kube.apply(
-        resource_path("v1", "configmaps", namespace, quotas_configmap_name(name)),
-        quotas_configmap(body, quotas),
-    )
+    await apply_quotas(body, quotas, kube=kube)
     return await kube.apply(
         resource_path("apps/v1", "deployments", namespace, worker_name(name)),
         worker_deployment(body, body.get("spec") or {}, settings),
