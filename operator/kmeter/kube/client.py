@@ -1,4 +1,4 @@
-"""Verbs over the Kubernetes REST API: get, list, apply (server-side), delete.
+"""Verbs over the Kubernetes REST API: list and apply (server-side), what kmeter uses.
 
 Caveats:
 
@@ -37,10 +37,6 @@ class KubeApiError(Exception):
         self.status = status
         self.reason = reason
         self.message = message
-
-
-class NotFound(KubeApiError):
-    """The object (or its kind) does not exist."""
 
 
 def resource_path(
@@ -116,9 +112,6 @@ class KubeClient:
     async def close(self) -> None:
         await self._session.close()
 
-    async def get(self, path: str) -> JSON:
-        return await self._request("GET", path)
-
     async def list(self, path: str, label_selector: str | None = None) -> list[JSON]:
         params = {"labelSelector": label_selector} if label_selector else None
         found = await self._request("GET", path, params=params)
@@ -134,13 +127,6 @@ class KubeClient:
             params={"fieldManager": FIELD_MANAGER, "force": "true"},
             content_type="application/apply-patch+yaml",
         )
-
-    async def delete(self, path: str) -> None:
-        """Delete, in the foreground of nothing: a missing object is not an error."""
-        try:
-            await self._request("DELETE", path)
-        except NotFound:
-            return
 
     async def _request(
         self,
@@ -168,4 +154,4 @@ def _error(status: int, body: bytes) -> KubeApiError:
         reason, message = str(parsed.get("reason", "")), str(parsed.get("message", ""))
     except orjson.JSONDecodeError:
         reason, message = "", body.decode(errors="replace")[:500]
-    return (NotFound if status == 404 else KubeApiError)(status, reason, message)
+    return KubeApiError(status, reason, message)
