@@ -46,13 +46,40 @@ def dumps(value: object) -> bytes:
 
 def row_object(row: Row) -> dict[str, Any]:
     """A query row as OpenMeter's ``MeterQueryRow``."""
-    return {
-        "value": row.value,
-        "windowStart": row.window_start,
-        "windowEnd": row.window_end,
-        "subject": row.subject,
-        "groupBy": row.group_by,
-    }
+    return row_objects([row])[0]
+
+
+def row_objects(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Query rows as OpenMeter's ``MeterQueryRow`` objects.
+
+    Thousands of rows share a few windows and often values, so each distinct window time and
+    value is formatted once.
+    """
+    stamps: dict[datetime, str] = {}
+    numbers: dict[Decimal | None, object] = {None: None}
+
+    def number(value: Decimal | None) -> object:
+        found = numbers.get(value)
+        if found is None and value is not None:
+            found = numbers[value] = _default(value)
+        return found
+
+    def stamp(moment: datetime) -> str:
+        text = stamps.get(moment)
+        if text is None:
+            text = stamps[moment] = format_timestamp(moment)
+        return text
+
+    return [
+        {
+            "value": number(row.value),
+            "windowStart": stamp(row.window_start),
+            "windowEnd": stamp(row.window_end),
+            "subject": row.subject,
+            "groupBy": row.group_by,
+        }
+        for row in rows
+    ]
 
 
 def rows_csv(rows: Sequence[Row], *, by_subject: bool, group_names: Sequence[str]) -> bytes:

@@ -22,11 +22,13 @@ from typing import Any
 from aiohttp import web
 
 from kmeter.api.auth import namespace_of
-from kmeter.api.encoding import dumps, row_object, rows_csv
+from kmeter.api.backends import MeterViews
+from kmeter.api.encoding import dumps, row_objects, rows_csv
 from kmeter.api.errors import ApiError
-from kmeter.api.materializer import Materializer, MeterView
+from kmeter.api.materializer import MeterView
+from kmeter.api.store import MeterStore
 from kmeter.core.events import parse_timestamp
-from kmeter.core.rollup import Query, QueryError, check_query, roll_up
+from kmeter.core.rollup import Query, QueryError, Row, check_query, roll_up
 from kmeter.core.windows import WindowSize, storage_seconds, time_zone
 
 JSON_TYPE = "application/json"
@@ -63,7 +65,7 @@ def _json(body: Any) -> web.Response:
     return web.Response(body=dumps(body), content_type=JSON_TYPE)
 
 
-def _view(request: web.Request, materializer: Materializer) -> MeterView:
+def _view(request: web.Request, materializer: MeterViews) -> MeterView:
     namespace = namespace_of(request)
     name = request.match_info["meter"]
     view = materializer.get(namespace, name)
@@ -154,7 +156,45 @@ def _require_ready(view: MeterView) -> None:
         )
 
 
-def routes(materializer: Materializer) -> dict[str, Any]:
+def answer(store: MeterStore, query: Query) -> list[Row]:
+    """The rows of ``query`` (already checked against the stored windows) from ``store``.
+
+    From the coarsest of the store's levels whose UTC buckets fit inside the query's windows —
+    ``roll_up`` with the level as the storage size refuses a level that does not fit (a bound
+    inside a bucket, an hour split by a half-hour zone's day, a UTC day split by another zone's),
+    and then the next finer one is tried — else from the stored windows. Every level gives the
+    same rows; a coarser one merges fewer items. A query without ``windowSize`` and an open
+    bound reports the first stored window's start, so it always reads the stored windows.
+    """
+    subjects = None if query.subjects is None else sorted(query.subjects)
+    low, high = _seconds(query.start), _seconds(query.end)
+    usable = query.window_size is not None or (low is not None and high is not None)
+    finest = _RANK[query.window_size] if query.window_size is not None else len(_RANK)
+    levels = [level for level in store.levels if _RANK[level] <= finest] if usable else []
+    for level in reversed(levels):
+        try:
+            return roll_up(
+                store.windows(subjects, low, high, level),
+                aggregation=store.aggregation,
+                storage_size=level,
+                meter_groups=store.group_names,
+                query=query,
+            )
+        except QueryError:
+            continue
+    return roll_up(
+        store.windows(subjects, low, high),
+        aggregation=store.aggregation,
+        storage_size=store.window_size,
+        meter_groups=store.group_names,
+        query=query,
+    )
+
+
+_RANK = {WindowSize.MINUTE: 0, WindowSize.HOUR: 1, WindowSize.DAY: 2, WindowSize.MONTH: 3}
+
+
+def routes(materializer: MeterViews) -> dict[str, Any]:
     """The handlers, by operation id."""
 
     async def list_meters(request: web.Request) -> web.Response:
@@ -171,18 +211,7 @@ def routes(materializer: Materializer) -> dict[str, Any]:
         try:
             check_query(query, storage_size=spec.window_size, meter_groups=spec.group_names)
             _require_ready(view)
-            windows = view.store.windows(
-                None if query.subjects is None else sorted(query.subjects),
-                _seconds(query.start),
-                _seconds(query.end),
-            )
-            rows = roll_up(
-                windows,
-                aggregation=spec.aggregation,
-                storage_size=spec.window_size,
-                meter_groups=spec.group_names,
-                query=query,
-            )
+            rows = answer(view.store, query)
         except QueryError as error:
             raise ApiError(400, f"{error}", extensions={"parameter": error.parameter}) from None
         if _wants_csv(request):
@@ -200,7 +229,7 @@ def routes(materializer: Materializer) -> dict[str, Any]:
             result["to"] = query.end
         if query.window_size is not None:
             result["windowSize"] = str(query.window_size)
-        result["data"] = [row_object(row) for row in rows]
+        result["data"] = row_objects(rows)
         return _json(result)
 
     async def list_subjects(request: web.Request) -> web.Response:

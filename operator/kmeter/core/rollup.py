@@ -296,18 +296,19 @@ def roll_up(
         groups[key] = state if current is None else merge(current, state)
 
     result = aggregator.result
+    moments: dict[int, datetime] = {}  # a few windows, many rows: one datetime each
     rows = []
     for (begin, end, who, labels), state in sorted(groups.items(), key=_order):
+        start_at = moments.get(begin) or moments.setdefault(begin, _moment(begin))
+        end_at = moments.get(end) or moments.setdefault(end, _moment(end))
         rows.append(
-            Row(
-                datetime.fromtimestamp(begin, UTC),
-                datetime.fromtimestamp(end, UTC),
-                who,
-                dict(zip(kept_names, labels, strict=True)),
-                result(state),
-            )
+            Row(start_at, end_at, who, dict(zip(kept_names, labels, strict=True)), result(state))
         )
     return rows
+
+
+def _moment(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 def _order(item: tuple[tuple[int, int, str | None, tuple[str | None, ...]], Any]) -> Any:
@@ -316,7 +317,7 @@ def _order(item: tuple[tuple[int, int, str | None, tuple[str | None, ...]], Any]
         begin,
         subject is not None,
         subject or "",
-        [(label is not None, label or "") for label in labels],
+        tuple([(label is not None, label or "") for label in labels]) if labels else (),
     )
 
 
