@@ -105,6 +105,12 @@ def parse_query(request: web.Request) -> Query:
     for key, value in params.items():
         match = _FILTER.match(key)
         if match is None:
+            if key == "filterGroupBy":  # ignoring it would answer unfiltered usage
+                raise ApiError(
+                    400,
+                    f"filterGroupBy: give each filter as filterGroupBy[name]=value "
+                    f"(a deepObject, as in OpenMeter); got filterGroupBy={value!r}",
+                )
             continue
         if match.group(1) in filters:
             raise ApiError(400, f"{key}: give it at most once")
