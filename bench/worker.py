@@ -206,6 +206,7 @@ def _worker(
                     pass
             if asyncio.run(_committed(bootstrap, namespace)) >= count:
                 done = time.perf_counter()
+                peak_rss = _peak_rss_bytes(process.pid)
                 break
             time.sleep(0.05)
     finally:
@@ -214,7 +215,14 @@ def _worker(
     return {
         "seconds": done - started,
         "seconds_from_ready": done - (ready_at or started),
+        "peak_rss_bytes": peak_rss,
     }
+
+
+def _peak_rss_bytes(pid: int) -> float:
+    """The process's peak resident set (``VmHWM``), as the kernel counts it."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024
 
 
 def main() -> None:
@@ -257,6 +265,7 @@ def main() -> None:
                 "raw_consumer_events_per_s": round(raw_rate),
                 "worker_events_per_s": round(worker_rate),
                 "worker_events_per_s_from_ready": round(ready_rate),
+                "worker_peak_rss_mb": round(worker["peak_rss_bytes"] / 2**20),
                 "ratio": round(worker_rate / raw_rate, 3),
                 "ratio_from_ready": round(ready_rate / raw_rate, 3),
                 "goal_ratio": 0.7,
