@@ -11,6 +11,9 @@ from typing import Annotated
 import typer
 
 from kmeter import __version__
+from kmeter.commands import events as events_commands
+from kmeter.commands import status as status_commands
+from kmeter.commands import usage as usage_commands
 
 app = typer.Typer(
     name="kmeter",
@@ -134,6 +137,13 @@ def crds(
         return
     for path in crd.write_all(output_dir):
         typer.echo(f"wrote {path}")
+
+
+# Clients of the usage API (docs/cli.md); their modules import aiohttp and rich only when run.
+app.command(name="usage")(usage_commands.usage)
+app.add_typer(events_commands.app, name="events")
+app.command(name="meters")(status_commands.meters)
+app.command(name="quotas")(status_commands.quotas)
 
 
 def main() -> None:

@@ -24,3 +24,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "kmeter.operator.serviceAccountName" -}}
 {{- default (printf "%s-operator" (include "kmeter.fullname" .)) .Values.operator.serviceAccount.name -}}
 {{- end -}}
+
+{{- define "kmeter.injector.serviceAccountName" -}}
+{{- default (printf "%s-injector" (include "kmeter.fullname" .)) .Values.injector.serviceAccount.name -}}
+{{- end -}}
+
+{{- define "kmeter.api.serviceAccountName" -}}
+{{- default (printf "%s-api" (include "kmeter.fullname" .)) .Values.api.serviceAccount.name -}}
+{{- end -}}

@@ -1,0 +1,94 @@
+"""``kmeter meters`` and ``kmeter quotas``: the namespace's Meters and Quotas at a glance.
+
+Both read the usage API (``GET /api/v1/meters``, ``GET /api/v1/quotas``) with the token's
+namespace, so they show what that token may see — the same view billing code has. ``--output
+json`` prints the API's answer unchanged.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from kmeter.commands.common import (
+    DEFAULT_URL,
+    ApiUrl,
+    Namespace,
+    Output,
+    Token,
+    api_path,
+    fail,
+    run,
+)
+
+OutputOption = Annotated[
+    Output,
+    typer.Option(
+        "--output", "-o", case_sensitive=False, help="table or json (csv: not for this command)."
+    ),
+]
+
+
+async def _get(api_url: str, token: str | None, path: str) -> bytes:
+    from kmeter.client.usage_api import UsageApi  # noqa: PLC0415 - aiohttp only when it runs
+
+    async with UsageApi(api_url, token) as api:
+        return (await api.get(path, accept="application/json")).body
+
+
+def _print_json(body: bytes) -> None:
+    sys.stdout.buffer.write(body if body.endswith(b"\n") else body + b"\n")
+    sys.stdout.flush()
+
+
+def _items(document: Any, key: str | None) -> list[dict[str, Any]]:
+    items = document.get(key) if key is not None and isinstance(document, dict) else document
+    return [item for item in items or [] if isinstance(item, dict)]
+
+
+def meters(
+    output: OutputOption = Output.TABLE,
+    namespace: Namespace = None,
+    api_url: ApiUrl = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """List the Meters: event type, aggregation, value, groups, window."""
+    if output is Output.CSV:
+        fail("meters", "--output: choose table or json", 2)
+    body = run("meters", _get(api_url, token, api_path(namespace, "meters")))
+    if output is Output.JSON:
+        _print_json(body)
+        return
+    from kmeter.commands import render  # noqa: PLC0415 - rich only when a table is printed
+
+    found = _items(render.parse_exact(body), None)
+    out = render.console()
+    if not found:
+        out.print("No Meters.")
+        return
+    out.print(render.meters_table(found))
+
+
+def quotas(
+    output: OutputOption = Output.TABLE,
+    namespace: Namespace = None,
+    api_url: ApiUrl = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """List the Quotas: limit, period, enforcement, and how many subjects are over or near."""
+    if output is Output.CSV:
+        fail("quotas", "--output: choose table or json", 2)
+    body = run("quotas", _get(api_url, token, api_path(namespace, "quotas")))
+    if output is Output.JSON:
+        _print_json(body)
+        return
+    from kmeter.commands import render  # noqa: PLC0415 - rich only when a table is printed
+
+    found = _items(render.parse_exact(body), "items")
+    out = render.console()
+    if not found:
+        out.print("No Quotas.")
+        return
+    out.print(render.quotas_table(found))
