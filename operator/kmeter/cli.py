@@ -115,6 +115,24 @@ def api(  # noqa: PLR0917 - one parameter per option, as typer wants
 
 
 @app.command()
+def injector() -> None:
+    """Run the sidecar injector: the mutating admission webhook on Pod CREATE (HTTPS).
+
+    Configured by environment variables (KMETER_KAFKA_BOOTSTRAP, KMETER_SIDECAR_IMAGE,
+    KMETER_INJECTOR_TLS_CERT_FILE, ...; see docs/sidecar.md, "Injection").
+    """
+    from kmeter.injector.server import run  # noqa: PLC0415 - keep other commands light
+    from kmeter.injector.settings import InjectorSettings, SettingsError  # noqa: PLC0415
+
+    try:
+        settings = InjectorSettings.from_environment()
+    except SettingsError as error:
+        typer.echo(f"kmeter injector: {error}", err=True)
+        raise typer.Exit(2) from None
+    run(settings)
+
+
+@app.command()
 def crds(
     output_dir: Annotated[
         Path, typer.Option(help="Folder of the CRD files.", file_okay=False)

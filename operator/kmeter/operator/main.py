@@ -40,6 +40,7 @@ from kmeter.operator.meter_reconcile import (
     reconcile_meter,
     topic_layout,
 )
+from kmeter.operator.pod_injection import INJECT, REASON, EscapedPods
 from kmeter.operator.quota_reconcile import check_quota, meter_ref, quota_config
 from kmeter.operator.settings import OperatorSettings, retry_delay
 
@@ -58,6 +59,7 @@ class OperatorState:
     connection: kopf.ConnectionInfo | None = None
     kube_client: KubeClient | None = None
     runners: list[web.AppRunner] = field(default_factory=list)
+    escaped_pods: EscapedPods = field(default_factory=EscapedPods)
 
     def kube(self) -> KubeClient:
         if self.kube_client is None:
@@ -265,6 +267,16 @@ async def quota_reconcile(
     metrics.RECONCILES.labels("Quota", "ok").inc()
 
 
+# --- Pods ------------------------------------------------------------------------------------
+
+
+async def pod_event(*, type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A pod that asked for the sidecar and escaped injection: an Event and a metric."""
+    reason = _state(memo).escaped_pods.observe(type, body)
+    if reason is not None:
+        kopf.warn(body, reason=REASON, message=reason)
+
+
 def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     """Every handler of the operator, registered on a registry of its own."""
     registry = kopf.OperatorRegistry()
@@ -285,6 +297,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     kopf.on.event("apps", "v1", "deployments", labels=MANAGED_DEPLOYMENTS, registry=registry)(
         _any(worker_deleted)
     )
+    kopf.on.event("", "v1", "pods", annotations={INJECT: "true"}, registry=registry)(pod_event)
     return registry
 
 
