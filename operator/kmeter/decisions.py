@@ -5,7 +5,9 @@ the Meter's aggregation workers, reaches every sidecar of the namespace. It hold
 record, each the latest word on its key (the topic is compacted):
 
 * a :class:`QuotaPolicy` per Quota — key ``policy/<quota>`` — what the Quota is: its Meter and
-  that Meter's event type, limit, period, overrides, enforcement and rate limit. A null value (a
+  that Meter's event type, limit, period, overrides, enforcement and rate limit, the subjects it
+  names (``subjects``, absent for all) and whether each event counts exactly 1 toward it
+  (``countsRequests``; both optional, added for the sidecar's enforcement). A null value (a
   tombstone) means the Quota is gone. Sidecars need it for the ``RateLimit-Policy`` header, for
   rate limits, and to know which quotas concern them: **a sidecar enforces the quotas whose
   Meter counts the event type that sidecar emits** (``eventType``).
@@ -64,10 +66,22 @@ class QuotaPolicy:
     enforcement: str  # Block | Notify
     overrides: Mapping[str, Decimal] = field(default_factory=dict)
     rate_limit: RateLimitPolicy | None = None
+    # Added for enforcement at the sidecar (optional in records; older writers omit them):
+    subjects: frozenset[str] | None = None
+    """``spec.subjects.names``; None when the Quota is for all subjects (``all: true``)."""
+    counts_requests: bool = False
+    """True when every event of ``event_type`` adds exactly 1 to the usage (a ``COUNT`` Meter
+    and no ``filterGroupBy``): the sidecar may then count the requests it serves itself
+    between two decisions (see docs/quotas.md, "Enforcement at the sidecar")."""
 
     def limit_for(self, subject: str) -> Decimal:
         """The subject's own limit: its override, else the Quota's."""
         return self.overrides.get(subject, self.limit)
+
+    def applies_to(self, subject: str) -> bool:
+        """Whether ``subject`` is under this Quota: all subjects, a named one, or an override."""
+        subjects = self.subjects
+        return subjects is None or subject in subjects or subject in self.overrides
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +98,7 @@ class SubjectDecision:
     blocked: bool
     evaluated_at: datetime
     notified: tuple[int, ...] = ()  # notifyAt thresholds (percent) already fired this period
+    meter: str | None = None  # the Meter whose worker evaluated it (optional; added later)
 
     @property
     def remaining(self) -> Decimal:
@@ -138,6 +153,8 @@ def encode_policy(policy: QuotaPolicy) -> bytes:
             "rateLimit": None
             if rate is None
             else {"requests": rate.requests, "perSeconds": rate.per_seconds, "burst": rate.burst},
+            "subjects": None if policy.subjects is None else sorted(policy.subjects),
+            "countsRequests": policy.counts_requests,
         }
     )
 
@@ -156,6 +173,7 @@ def encode_decision(decision: SubjectDecision) -> bytes:
             "blocked": decision.blocked,
             "evaluatedAt": _time(decision.evaluated_at),
             "notified": list(decision.notified),
+            **({} if decision.meter is None else {"meter": decision.meter}),
         }
     )
 
@@ -217,6 +235,14 @@ def decode_policy(value: bytes) -> QuotaPolicy:
             burst=rate_reader.get("burst", int),
         )
     overrides = reader.get("overrides", dict)
+    subjects = reader.document.get("subjects")
+    if subjects is not None and (
+        not isinstance(subjects, list) or not all(isinstance(s, str) for s in subjects)
+    ):
+        raise DecisionFormatError("subjects: not a list of strings")
+    counts_requests = reader.document.get("countsRequests", False)
+    if not isinstance(counts_requests, bool):
+        raise DecisionFormatError("countsRequests: not a boolean")
     return QuotaPolicy(
         quota=reader.get("quota", str),
         generation=reader.get("generation", int),
@@ -231,6 +257,8 @@ def decode_policy(value: bytes) -> QuotaPolicy:
             for subject, limit in overrides.items()
         },
         rate_limit=rate_limit,
+        subjects=None if subjects is None else frozenset(subjects),
+        counts_requests=counts_requests,
     )
 
 
@@ -252,4 +280,9 @@ def decode_decision(value: bytes) -> SubjectDecision:
         blocked=reader.get("blocked", bool),
         evaluated_at=reader.time("evaluatedAt"),
         notified=tuple(notified),
+        meter=_optional_string(reader, "meter"),
     )
+
+
+def _optional_string(reader: _Reader, name: str) -> str | None:
+    return None if reader.document.get(name) is None else reader.get(name, str)

@@ -54,6 +54,12 @@ def notifications_topic(namespace: str) -> str:
     return f"{PREFIX}.{namespace}.notifications"
 
 
+def notifications_consumer_group(namespace: str, meter: str) -> str:
+    """The consumer group in which a Meter's workers deliver its Quotas' notifications
+    (webhooks, Kubernetes Events) from the namespace's notifications topic."""
+    return f"{PREFIX}.{namespace}.notify.{meter}"
+
+
 def meter_consumer_group(namespace: str, meter: str) -> str:
     """The consumer group of a Meter's aggregation workers on the ingest topic."""
     return f"{PREFIX}.{namespace}.meter.{meter}"

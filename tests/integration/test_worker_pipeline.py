@@ -30,7 +30,7 @@ from kmeter import topics
 from kmeter.core.fold import decode_total
 from kmeter.kafka.admin import KafkaAdmin, KafkaSettings
 from kmeter.kafka.topics import reconcile_topics
-from kmeter.operator.meter_topics import TopicLayout, meter_topics
+from kmeter.operator.meter_topics import TopicLayout, meter_topics, quota_topics
 
 REPO = Path(__file__).resolve().parents[2]
 KMETER = REPO / ".venv" / "bin" / "kmeter"
@@ -83,11 +83,13 @@ class Meter:
         return topics.meter_consumer_group(self.namespace, self.name)
 
     def create_topics(self) -> None:
+        """The Meter's topics and its namespace's quota topics, as the operator creates them."""
         layout = TopicLayout(self.partitions, 1, int(RETENTION.total_seconds() * 1000))
 
         async def create() -> None:
             async with KafkaAdmin(KafkaSettings(self.bootstrap)) as admin:
                 await reconcile_topics(admin, meter_topics(self.namespace, self.name, layout, []))
+                await reconcile_topics(admin, quota_topics(self.namespace, layout, []))
 
         asyncio.run(create())
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kmeter.core.dedup import DEFAULT_MAX_ENTRIES
-from kmeter.operator.worker_memory import (
+from kmeter.worker.memory import (
     BASE_BYTES,
     BYTES_PER_ENTRY,
     MIN_ENTRIES,

@@ -6,6 +6,7 @@ Routes (see :mod:`.openapi` for the full contract):
 |---|---|
 | ``POST /api/v1/events`` | ingest (:mod:`.ingest`) |
 | ``GET /api/v1/meters`` ``/{meter}`` ``/{meter}/query`` ``/{meter}/subjects`` | :mod:`.query` |
+| ``GET /api/v1/quotas`` ``/{quota}/subjects/{subject}`` | :mod:`.quotas` |
 | the same under ``/api/v1/namespaces/{namespace}/`` | explicit namespace (403 if not the token's) |
 | ``GET /openapi.json`` ``/healthz`` ``/readyz`` ``/metrics`` | no token needed |
 
@@ -19,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,12 +34,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kmeter.api import metrics, openapi
 from kmeter.api.auth import Authenticator, FileTokens, SecretTokens, TokenSource, auth_middleware
+from kmeter.api.backends import EventSink, MeterViews, local_access
 from kmeter.api.encoding import dumps
 from kmeter.api.errors import Handler, problem_middleware, problem_response
 from kmeter.api.ingest import Ingestor, make_handler
 from kmeter.api.materializer import Materializer
 from kmeter.api.meters import KubeMeters, ManifestMeters, MeterSource
 from kmeter.api.query import routes
+from kmeter.api.quotas import QuotaMaterializer, QuotaViews, add_routes
 from kmeter.kafka.admin import KafkaSettings
 from kmeter.kube.client import KubeClient
 
@@ -61,6 +65,15 @@ class ApiSettings:
     max_body_bytes: int = 4 * 1024 * 1024
     max_batch: int = 10_000
 
+    def kafka(self, environ: Mapping[str, str] | None = None) -> KafkaSettings:
+        """The Kafka connection: ``kafka_bootstrap``, with TLS and SASL from the ``KMETER_KAFKA_*``
+        variables the chart sets (:meth:`KafkaSettings.from_environment`); ValueError says what
+        is wrong."""
+        environ = os.environ if environ is None else environ
+        return KafkaSettings.from_environment(
+            {**environ, "KMETER_KAFKA_BOOTSTRAP": self.kafka_bootstrap}, client_id="kmeter-api"
+        )
+
 
 def _request_metrics() -> Any:
     @web.middleware
@@ -83,14 +96,24 @@ def _request_metrics() -> Any:
 def build_app(
     settings: ApiSettings,
     *,
-    authenticator: Authenticator,
-    materializer: Materializer,
-    ingestor: Ingestor,
+    authenticator: Authenticator | None,
+    materializer: MeterViews,
+    ingestor: EventSink,
+    quotas: QuotaViews | None = None,
 ) -> web.Application:
-    """The application; the caller starts and stops the parts it is given."""
+    """The application; the caller starts and stops the parts it is given.
+
+    ``authenticator=None`` (``kmeter dev`` only): no token is asked for; a request acts in the
+    namespace its path names, else in ``settings.default_namespace``.
+    """
+    access = (
+        local_access(settings.default_namespace)
+        if authenticator is None
+        else auth_middleware(authenticator)
+    )
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[_request_metrics(), problem_middleware, auth_middleware(authenticator)],
+        middlewares=[_request_metrics(), problem_middleware, access],
     )
     handlers = routes(materializer)
     ingest = make_handler(ingestor, settings.max_batch)
@@ -100,6 +123,8 @@ def build_app(
         app.router.add_get(f"{prefix}/meters/{{meter}}", handlers["getMeter"])
         app.router.add_get(f"{prefix}/meters/{{meter}}/query", handlers["queryMeter"])
         app.router.add_get(f"{prefix}/meters/{{meter}}/subjects", handlers["listMeterSubjects"])
+    if quotas is not None:
+        add_routes(app, quotas, ("/api/v1", "/api/v1/namespaces/{namespace}"))
 
     document = dumps(openapi.document())
 
@@ -110,7 +135,7 @@ def build_app(
         return web.Response(body=b'{"status":"ok"}', content_type="application/json")
 
     async def readyz(_: web.Request) -> web.Response:
-        if not authenticator.loaded:
+        if authenticator is not None and not authenticator.loaded:
             return problem_response(503, "the API tokens are not loaded yet")
         if not materializer.ready:
             waiting = sorted(
@@ -160,14 +185,19 @@ async def running(settings: ApiSettings) -> AsyncIterator[web.AppRunner]:
     else:
         assert kube is not None
         token_source = SecretTokens(kube)
-    kafka = KafkaSettings(settings.kafka_bootstrap, client_id="kmeter-api")
+    kafka = settings.kafka()
     authenticator = Authenticator(token_source, refresh_seconds=settings.refresh_seconds)
     materializer = Materializer(kafka, source, refresh_seconds=settings.refresh_seconds)
     ingestor = Ingestor(kafka, timeout_s=settings.produce_timeout_s)
     await authenticator.refresh()
     await materializer.refresh()
+    quotas = QuotaMaterializer(kafka, materializer)
     app = build_app(
-        settings, authenticator=authenticator, materializer=materializer, ingestor=ingestor
+        settings,
+        authenticator=authenticator,
+        materializer=materializer,
+        ingestor=ingestor,
+        quotas=quotas,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -175,6 +205,7 @@ async def running(settings: ApiSettings) -> AsyncIterator[web.AppRunner]:
     tasks = [
         asyncio.create_task(authenticator.run(), name="refresh tokens"),
         asyncio.create_task(materializer.run(), name="refresh meters"),
+        asyncio.create_task(quotas.run(settings.refresh_seconds), name="follow quota decisions"),
     ]
     log.info("kmeter api listening on %s:%d", settings.host, settings.port)
     try:
@@ -185,6 +216,7 @@ async def running(settings: ApiSettings) -> AsyncIterator[web.AppRunner]:
         await asyncio.gather(*tasks, return_exceptions=True)
         await runner.cleanup()
         await materializer.close()
+        await quotas.close()
         await ingestor.close()
         if kube is not None:
             await kube.close()

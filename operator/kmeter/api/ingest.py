@@ -37,6 +37,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from kmeter import topics
 from kmeter.api import metrics
 from kmeter.api.auth import namespace_of
+from kmeter.api.backends import EventSink
 from kmeter.api.errors import ApiError
 from kmeter.core.events import InvalidEventError, UsageEvent, decode_events, encode_event
 from kmeter.kafka.admin import KafkaSettings
@@ -152,7 +153,7 @@ def _validation_errors(problems: dict[int, Any], was_array: bool) -> list[dict[s
     return errors
 
 
-def make_handler(ingestor: Ingestor, max_batch: int) -> Any:
+def make_handler(ingestor: EventSink, max_batch: int) -> Any:
     """The aiohttp handler of ``POST /api/v1/events``."""
 
     async def ingest(request: web.Request) -> web.Response:

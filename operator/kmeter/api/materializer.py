@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,16 @@ class MeterView:
     @property
     def ready(self) -> bool:
         return self.caught_up.is_set()
+
+
+def views_in_namespace(
+    views: Mapping[tuple[str, str], MeterView], namespace: str
+) -> list[MeterView]:
+    """The views of ``namespace``'s Meters, by name."""
+    return sorted(
+        (view for (ns, _), view in views.items() if ns == namespace),
+        key=lambda view: view.info.name,
+    )
 
 
 class Materializer:
@@ -132,10 +143,7 @@ class Materializer:
         return self.views.get((namespace, name))
 
     def in_namespace(self, namespace: str) -> list[MeterView]:
-        return sorted(
-            (view for (ns, _), view in self.views.items() if ns == namespace),
-            key=lambda view: view.info.name,
-        )
+        return views_in_namespace(self.views, namespace)
 
     # --- one meter's topic ----------------------------------------------------------------
 

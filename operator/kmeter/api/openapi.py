@@ -25,7 +25,7 @@ _STATUS_TEXT = {
     400: "The request is malformed or cannot be answered; `detail` says why.",
     401: "No valid bearer token.",
     403: "The token is not valid for the namespace named in the path.",
-    404: "No such Meter in the namespace (or no such route).",
+    404: "No such Meter or Quota in the namespace (or no such route).",
     409: "The namespace has no ingest topic yet (it comes with its first Meter).",
     413: "The body or the batch is larger than the limits.",
     415: "The Content-Type is not one of the accepted ones.",
@@ -225,6 +225,48 @@ def _operations() -> dict[str, dict[str, Any]]:
                 },
             }
         },
+        "/quotas": {
+            "get": {
+                "operationId": "listQuotas",
+                "summary": "List quotas",
+                "description": "The namespace's Quotas, as their workers publish them, with "
+                "how many subjects are over and near their limit this period (docs/quotas.md).",
+                "tags": ["Quotas"],
+                "responses": {
+                    "200": _json(_ref("QuotaList"), "The Quotas, sorted by name."),
+                    **_problems(400, *_ERRORS_AUTH),
+                },
+            }
+        },
+        "/quotas/{quota}/subjects/{subject}": {
+            "get": {
+                "operationId": "getQuotaSubject",
+                "summary": "A subject's usage of a quota",
+                "description": "Used, limit, remaining and when the period resets. A subject "
+                "without usage this period has used 0.",
+                "tags": ["Quotas"],
+                "parameters": [
+                    {
+                        "name": "quota",
+                        "in": "path",
+                        "required": True,
+                        "description": "The Quota's name in the namespace.",
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "subject",
+                        "in": "path",
+                        "required": True,
+                        "description": "The subject (customer), URL-encoded.",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": _json(_ref("QuotaSubject"), "The subject's standing this period."),
+                    **_problems(400, *_ERRORS_AUTH, 404),
+                },
+            }
+        },
     }
 
 
@@ -301,6 +343,81 @@ SCHEMAS: dict[str, Any] = {
             "to": {"type": "string", "format": "date-time"},
             "windowSize": _ref("WindowSize"),
             "data": {"type": "array", "items": _ref("MeterQueryRow")},
+        },
+    },
+    "Quota": {
+        "type": "object",
+        "description": "A Quota (kmeter.io/v1alpha1) as its Meter's worker evaluates it.",
+        "required": [
+            "name",
+            "meter",
+            "limit",
+            "period",
+            "timeZone",
+            "enforcement",
+            "subjectsOver",
+            "subjectsNear",
+        ],
+        "properties": {
+            "name": {"type": "string"},
+            "meter": {"type": "string", "description": "The Meter whose usage is limited."},
+            "limit": {"type": "string", "description": "The limit, an exact decimal."},
+            "period": {"type": "string", "enum": ["HOUR", "DAY", "MONTH"]},
+            "timeZone": {"type": "string", "description": "IANA time zone of the periods."},
+            "enforcement": {"type": "string", "enum": ["Block", "Notify"]},
+            "subjectsOver": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Subjects at or over their limit this period.",
+            },
+            "subjectsNear": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Subjects past a notifyAt threshold below 100 %, not over.",
+            },
+        },
+    },
+    "QuotaList": {
+        "type": "object",
+        "required": ["items"],
+        "properties": {"items": {"type": "array", "items": _ref("Quota")}},
+    },
+    "QuotaSubject": {
+        "type": "object",
+        "required": [
+            "quota",
+            "subject",
+            "used",
+            "limit",
+            "remaining",
+            "periodStart",
+            "resetsAt",
+            "blocked",
+            "enforcement",
+            "notified",
+        ],
+        "properties": {
+            "quota": {"type": "string"},
+            "subject": {"type": "string"},
+            "used": {"type": "string", "description": "Usage this period, an exact decimal."},
+            "limit": {"type": "string", "description": "The subject's limit (its override)."},
+            "remaining": {"type": "string", "description": "max(limit - used, 0)."},
+            "periodStart": {"type": "string", "format": "date-time"},
+            "resetsAt": {
+                "type": "string",
+                "format": "date-time",
+                "description": "The end of the period, when usage starts from 0 again.",
+            },
+            "blocked": {
+                "type": "boolean",
+                "description": "Whether the sidecars refuse the subject (429) until resetsAt.",
+            },
+            "enforcement": {"type": "string", "enum": ["Block", "Notify"]},
+            "notified": {
+                "type": "array",
+                "items": {"type": "integer"},
+                "description": "The notifyAt thresholds (percent) fired this period.",
+            },
         },
     },
     "ValidationError": {
@@ -384,7 +501,7 @@ def document() -> dict[str, Any]:
             "totals. Reference: docs/api.md.",
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
-        "tags": [{"name": "Events"}, {"name": "Meters"}],
+        "tags": [{"name": "Events"}, {"name": "Meters"}, {"name": "Quotas"}],
         "paths": paths,
         "components": {
             "schemas": SCHEMAS,

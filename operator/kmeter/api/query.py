@@ -22,9 +22,10 @@ from typing import Any
 from aiohttp import web
 
 from kmeter.api.auth import namespace_of
+from kmeter.api.backends import MeterViews
 from kmeter.api.encoding import dumps, row_objects, rows_csv
 from kmeter.api.errors import ApiError
-from kmeter.api.materializer import Materializer, MeterView
+from kmeter.api.materializer import MeterView
 from kmeter.api.store import MeterStore
 from kmeter.core.events import parse_timestamp
 from kmeter.core.rollup import Query, QueryError, Row, check_query, roll_up
@@ -64,7 +65,7 @@ def _json(body: Any) -> web.Response:
     return web.Response(body=dumps(body), content_type=JSON_TYPE)
 
 
-def _view(request: web.Request, materializer: Materializer) -> MeterView:
+def _view(request: web.Request, materializer: MeterViews) -> MeterView:
     namespace = namespace_of(request)
     name = request.match_info["meter"]
     view = materializer.get(namespace, name)
@@ -199,7 +200,7 @@ def answer(store: MeterStore, query: Query) -> list[Row]:
 _RANK = {WindowSize.MINUTE: 0, WindowSize.HOUR: 1, WindowSize.DAY: 2, WindowSize.MONTH: 3}
 
 
-def routes(materializer: Materializer) -> dict[str, Any]:
+def routes(materializer: MeterViews) -> dict[str, Any]:
     """The handlers, by operation id."""
 
     async def list_meters(request: web.Request) -> web.Response:

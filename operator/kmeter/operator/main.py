@@ -29,6 +29,7 @@ from typing import Any
 import kopf
 from aiohttp import web
 
+from kmeter.api.quotas import QuotaBook, QuotaMaterializer
 from kmeter.kafka.admin import KafkaAdmin, KafkaAdminError
 from kmeter.kube.client import KubeClient
 from kmeter.operator import metrics
@@ -60,6 +61,13 @@ class OperatorState:
     kube_client: KubeClient | None = None
     runners: list[web.AppRunner] = field(default_factory=list)
     escaped_pods: EscapedPods = field(default_factory=EscapedPods)
+    decisions: QuotaMaterializer | None = None
+    """The namespaces' quota decisions, followed for the Quotas' subjectsOver/subjectsNear."""
+
+    def quota_book(self, namespace: str) -> QuotaBook:
+        if self.decisions is None:
+            self.decisions = QuotaMaterializer(self.settings.kafka)
+        return self.decisions.follow(namespace)
 
     def kube(self) -> KubeClient:
         if self.kube_client is None:
@@ -105,6 +113,8 @@ async def close(*, memo: kopf.Memo, **_: Any) -> None:
     state = _state(memo)
     if state.kube_client is not None:
         await state.kube_client.close()
+    if state.decisions is not None:
+        await state.decisions.close()
     await state.kafka.close()
     for runner in state.runners:
         await runner.cleanup()
@@ -136,7 +146,9 @@ def quota_configs(
     *, namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any
 ) -> dict[Any, Any]:
     return {
-        (str(namespace), meter_ref(spec)): quota_config(name, int(meta.get("generation", 0)), spec)
+        (str(namespace), meter_ref(spec)): quota_config(
+            name, int(meta.get("generation", 0)), spec, str(meta.get("uid") or "") or None
+        )
     }
 
 
@@ -256,6 +268,11 @@ async def quota_reconcile(
             "meter": meter_ref(spec),
         }
     )
+    book = state.quota_book(namespace)
+    if book.caught_up and state.decisions is not None:
+        # Counted from the decisions topic at each resync: at most resync_seconds old.
+        over, near = book.counts(body["metadata"]["name"], state.decisions.now())
+        patch.status.update({"subjectsOver": over, "subjectsNear": near})
     _post_transitions(body, before, after)
     if meter is not None:
         quotas = _valid_quotas(namespace, meter["metadata"]["name"], meter["spec"], quota_configs)

@@ -30,12 +30,16 @@ from kmeter.kafka.admin import KafkaAdmin
 from kmeter.kafka.topics import KafkaUnavailable, TopicError, TopicOutcome, reconcile_topics
 from kmeter.kube.client import KubeApiError, KubeClient, resource_path
 from kmeter.operator.conditions import Condition, merge_conditions
-from kmeter.operator.meter_topics import TopicLayout, meter_topics
+from kmeter.operator.meter_topics import TopicLayout, meter_topics, quota_topics
 from kmeter.operator.meter_worker import (
     quotas_configmap,
     quotas_configmap_name,
+    webhook_secrets,
     worker_deployment,
     worker_name,
+    worker_role,
+    worker_role_binding,
+    worker_service_account,
 )
 from kmeter.operator.settings import OperatorSettings
 
@@ -119,7 +123,11 @@ async def _reconcile_topics(
     kafka: KafkaAdmin,
     outcome: MeterOutcome,
 ) -> Condition:
-    desired = meter_topics(namespace, name, layout, namespace_layouts)
+    shared = list(namespace_layouts)
+    desired = [
+        *meter_topics(namespace, name, layout, shared),
+        *quota_topics(namespace, layout, shared),
+    ]
     try:
         results = await reconcile_topics(kafka, desired)
     except KafkaUnavailable as error:
@@ -180,12 +188,22 @@ async def apply_worker(
     kube: KubeClient,
     settings: OperatorSettings,
 ) -> dict[str, Any]:
-    """Apply the Meter's quota ConfigMap and worker Deployment; returns the Deployment."""
+    """Apply the Meter's quota ConfigMap, the worker's ServiceAccount, Role and RoleBinding,
+    and its Deployment; returns the Deployment."""
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     await apply_quotas(body, quotas, kube=kube)
+    worker = worker_name(name)
+    await kube.apply(
+        resource_path("v1", "serviceaccounts", namespace, worker), worker_service_account(body)
+    )
+    rbac = "rbac.authorization.k8s.io/v1"
+    await kube.apply(resource_path(rbac, "roles", namespace, worker), worker_role(body))
+    await kube.apply(
+        resource_path(rbac, "rolebindings", namespace, worker), worker_role_binding(body)
+    )
     return await kube.apply(
-        resource_path("apps/v1", "deployments", namespace, worker_name(name)),
-        worker_deployment(body, body.get("spec") or {}, settings),
+        resource_path("apps/v1", "deployments", namespace, worker),
+        worker_deployment(body, body.get("spec") or {}, settings, webhook_secrets(quotas)),
     )
 
 

@@ -15,6 +15,13 @@ its Meters. Their layout is the *largest* any Meter of the namespace asks for â€
 retention â€” so Meters never pull a shared topic back and forth, and a Meter asking for fewer
 partitions than the shared topic has is not a shrink. Replication factor cannot be changed
 through the admin API; it is set when a topic is created.
+
+The namespace's quota topics (:func:`quota_topics`) are shared too: ``quota-decisions``
+(compacted; the workers write the decisions of ingest partition *p* to its partition *p*, so it
+is co-partitioned with the ingest topic and has as many partitions) and ``notifications``
+(threshold crossings, kept :data:`NOTIFICATIONS_RETENTION_MS`). Every namespace with a Meter has
+them, whether or not it has Quotas yet: a Quota then needs no topic change to take effect, and
+sidecars always find the decisions topic.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from kmeter.kafka.topics import DesiredTopic
 DEAD_LETTER_RETENTION_MS = 30 * 24 * 3600 * 1000
 DEAD_LETTER_PARTITIONS = 1
 DEDUP_HORIZON_MS = 48 * 3600 * 1000  # the worker dedups within 24 h by default; keep twice
+NOTIFICATIONS_RETENTION_MS = 30 * 24 * 3600 * 1000
 
 
 @dataclass(frozen=True)
@@ -74,5 +82,27 @@ def meter_topics(
             partitions=DEAD_LETTER_PARTITIONS,
             replication_factor=own.replication_factor,
             configs={"cleanup.policy": "delete", "retention.ms": str(DEAD_LETTER_RETENTION_MS)},
+        ),
+    ]
+
+
+def quota_topics(
+    namespace: str, own: TopicLayout, namespace_layouts: Iterable[TopicLayout]
+) -> list[DesiredTopic]:
+    """The namespace's quota decisions and notifications topics (see the module)."""
+    layouts = [own, *namespace_layouts]
+    shared_partitions = max(layout.partitions for layout in layouts)
+    return [
+        DesiredTopic(
+            name=topics.quota_decisions_topic(namespace),
+            partitions=shared_partitions,
+            replication_factor=own.replication_factor,
+            configs={"cleanup.policy": "compact"},
+        ),
+        DesiredTopic(
+            name=topics.notifications_topic(namespace),
+            partitions=shared_partitions,
+            replication_factor=own.replication_factor,
+            configs={"cleanup.policy": "delete", "retention.ms": str(NOTIFICATIONS_RETENTION_MS)},
         ),
     ]

@@ -6,6 +6,15 @@ worker through a ConfigMap mounted at :data:`QUOTAS_DIR`, which the worker re-re
 edit does not restart it. Both objects are owned by the Meter (``ownerReferences`` with
 ``controller: true``), so deleting the Meter garbage-collects them.
 
+The worker runs under a ServiceAccount of its own (:func:`worker_service_account`), bound by a
+RoleBinding to a Role in the Meter's namespace (:func:`worker_role`) that allows exactly what
+quota notifications need: ``create`` and ``patch`` on Events (the Event on a Quota when a
+``notifyAt`` threshold is crossed). Webhook signing keys (``spec.webhook.secretRef`` of the
+Quotas) are not read through the API — that would need ``get`` on Secrets — but mounted by the
+kubelet as optional Secret volumes at :data:`SECRETS_DIR` ``/<secret>`` (:func:`webhook_secrets`);
+a Secret of another namespace cannot be named at all. Mounting a newly referenced Secret
+changes the pod template, so the workers roll (at the Meter's next reconcile).
+
 Label values are capped at 63 characters; a longer Meter name is cut and suffixed with a
 hash, so labels stay unique per Meter.
 """
@@ -22,6 +31,7 @@ from kmeter.operator.settings import OperatorSettings
 
 QUOTAS_DIR = "/etc/kmeter/quotas"
 QUOTAS_KEY = "quotas.json"
+SECRETS_DIR = "/etc/kmeter/secrets"
 METRICS_PORT = 9090
 HEALTH_PORT = 8080
 DEFAULT_RESOURCES: dict[str, Any] = {
@@ -40,6 +50,68 @@ def label_value(name: str) -> str:
 
 def worker_name(meter: str) -> str:
     return f"kmeter-worker-{meter}"
+
+
+def webhook_secrets(quotas: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The Secrets the Quotas' webhooks are signed with, sorted, once each."""
+    found = set()
+    for quota in quotas:
+        webhook = (quota.get("spec") or {}).get("webhook") or {}
+        secret = (webhook.get("secretRef") or {}).get("name")
+        if isinstance(secret, str) and secret:
+            found.add(secret)
+    return sorted(found)
+
+
+def _metadata(meter_body: Mapping[str, Any], name: str) -> dict[str, Any]:
+    meter = meter_body["metadata"]["name"]
+    return {
+        "name": name,
+        "namespace": meter_body["metadata"]["namespace"],
+        "labels": labels(meter),
+        "ownerReferences": [owner_reference(meter_body)],
+    }
+
+
+def worker_service_account(meter_body: Mapping[str, Any]) -> dict[str, Any]:
+    """The worker's own identity (no API token is mounted unless the pod asks)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(meter_body, worker_name(meter_body["metadata"]["name"])),
+    }
+
+
+WORKER_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+]
+"""What the worker may do in its Meter's namespace: post Events on Quotas."""
+
+
+def worker_role(meter_body: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(meter_body, worker_name(meter_body["metadata"]["name"])),
+        "rules": WORKER_RULES,
+    }
+
+
+def worker_role_binding(meter_body: Mapping[str, Any]) -> dict[str, Any]:
+    name = worker_name(meter_body["metadata"]["name"])
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(meter_body, name),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [
+            {
+                "kind": "ServiceAccount",
+                "name": name,
+                "namespace": meter_body["metadata"]["namespace"],
+            }
+        ],
+    }
 
 
 def quotas_configmap_name(meter: str) -> str:
@@ -77,9 +149,13 @@ def owner_reference(meter_body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def worker_deployment(
-    meter_body: Mapping[str, Any], spec: Mapping[str, Any], settings: OperatorSettings
+    meter_body: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    settings: OperatorSettings,
+    secrets: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The worker Deployment for a Meter (``spec`` is the Meter's spec with defaults)."""
+    """The worker Deployment for a Meter (``spec`` is the Meter's spec with defaults);
+    ``secrets`` are the webhook signing Secrets to mount (:func:`webhook_secrets`)."""
     namespace = meter_body["metadata"]["namespace"]
     meter = meter_body["metadata"]["name"]
     workers = spec.get("workers") or {}
@@ -97,7 +173,14 @@ def worker_deployment(
                 "value": orjson.dumps(dict(spec), option=orjson.OPT_SORT_KEYS).decode(),
             },
             {"name": "KMETER_QUOTAS_FILE", "value": f"{QUOTAS_DIR}/{QUOTAS_KEY}"},
+            {"name": "KMETER_SECRETS_DIR", "value": SECRETS_DIR},
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {  # bytes; the worker sizes its dedup memory from it (kmeter.worker.memory)
+                "name": "KMETER_MEMORY_LIMIT",
+                "valueFrom": {
+                    "resourceFieldRef": {"containerName": "worker", "resource": "limits.memory"}
+                },
+            },
         ],
         "ports": [
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
@@ -112,7 +195,17 @@ def worker_deployment(
             "runAsNonRoot": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": "quotas", "mountPath": QUOTAS_DIR, "readOnly": True}],
+        "volumeMounts": [
+            {"name": "quotas", "mountPath": QUOTAS_DIR, "readOnly": True},
+            *(
+                {
+                    "name": f"secret-{index}",
+                    "mountPath": f"{SECRETS_DIR}/{secret}",
+                    "readOnly": True,
+                }
+                for index, secret in enumerate(secrets)
+            ),
+        ],
     }
     return {
         "apiVersion": "apps/v1",
@@ -135,6 +228,7 @@ def worker_deployment(
                     },
                 },
                 "spec": {
+                    "serviceAccountName": worker_name(meter),
                     "containers": [container],
                     "securityContext": {
                         "runAsNonRoot": True,
@@ -145,7 +239,14 @@ def worker_deployment(
                         {
                             "name": "quotas",
                             "configMap": {"name": quotas_configmap_name(meter), "optional": True},
-                        }
+                        },
+                        *(
+                            {
+                                "name": f"secret-{index}",
+                                "secret": {"secretName": secret, "optional": True},
+                            }
+                            for index, secret in enumerate(secrets)
+                        ),
                     ],
                 },
             },

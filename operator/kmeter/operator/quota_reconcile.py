@@ -76,6 +76,12 @@ def check_quota(
     )
 
 
-def quota_config(name: str, generation: int, spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The entry of one Quota in its Meter's quota ConfigMap: the spec the worker evaluates."""
-    return {"name": name, "generation": generation, "spec": dict(spec)}
+def quota_config(
+    name: str, generation: int, spec: Mapping[str, Any], uid: str | None = None
+) -> dict[str, Any]:
+    """The entry of one Quota in its Meter's quota ConfigMap: the spec the worker evaluates
+    (and the uid, for the Events the worker posts on the Quota)."""
+    entry = {"name": name, "generation": generation, "spec": dict(spec)}
+    if uid:
+        entry["uid"] = uid
+    return entry

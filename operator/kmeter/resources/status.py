@@ -143,13 +143,19 @@ class QuotaStatus(_Status):
         description="The name of the Meter the quota is enforced on, once the operator found it.",
     )
     subjects_over: int | None = Field(
-        default=None, ge=0, description="How many subjects are at or over their limit this period."
+        default=None,
+        ge=0,
+        description=(
+            "How many subjects are at or over their limit this period. Counted by the operator "
+            "from the quota decisions at each resync, so at most that old; per-subject usage is "
+            "in the usage API (GET /api/v1/quotas/{quota}/subjects/{subject})."
+        ),
     )
     subjects_near: int | None = Field(
         default=None,
         ge=0,
         description=(
             "How many subjects have crossed a spec.notifyAt threshold below 100% this period, "
-            "but are not over their limit."
+            "but are not over their limit (counted like subjectsOver)."
         ),
     )

@@ -50,6 +50,13 @@ Kafka is unreachable; ``/readyz`` says 503 meanwhile); other partitions go on. F
 another owner has *p*: the rebuild then waits until the group takes *p* away. No input stops
 the worker (see :mod:`.partition`).
 
+**Quotas** (:mod:`.quotas`). When the quota file lists Quotas, each batch's transaction also
+carries the changed quota decisions (to partition *p* of the namespace's decisions topic) and
+the threshold crossings (notifications topic); taking *p* over also reads partition *p* of the
+decisions topic. Quota edits are re-evaluated in transactions of their own, after the one in
+flight. Without the quota topics, counting goes on and quotas wait for them. Webhooks and
+Events are delivered by a separate task (:mod:`kmeter.notifications.dispatcher`).
+
 **Shutdown.** SIGTERM or SIGINT: the batch in flight finishes (its transactions commit or
 abort), the consumer leaves the group, producers close, exit code 0.
 """
@@ -70,9 +77,21 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from kmeter import topics
+from kmeter.kafka.admin import KafkaAdmin
+from kmeter.kafka.topics import describe_topics
+from kmeter.notifications.dispatcher import Dispatcher, kube_client
 from kmeter.worker.health import Servers
 from kmeter.worker.metrics import WorkerMetrics
 from kmeter.worker.partition import BatchWork, PartitionState, plan_batch
+from kmeter.worker.quotas import (
+    Outgoing,
+    PartitionQuotas,
+    QuotaFile,
+    QuotaMetrics,
+    QuotaWork,
+    policy_records,
+    wall_clock,
+)
 from kmeter.worker.records import transactional_id
 from kmeter.worker.restore import read_to_end
 from kmeter.worker.settings import WorkerSettings
@@ -83,6 +102,10 @@ TRANSACTION_TIMEOUT_S = 60.0
 RESTORE_TIMEOUT_S = 600.0
 CLOSE_TIMEOUT_S = 10.0
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+QUOTA_TOPICS_CHECK_S = 10.0
+POLICY_REFRESH_S = 60.0
+"""Policies are written again this often: a stray tombstone (a Quota moved to another Meter,
+whose old worker tombstoned it) heals within this time."""
 
 
 @dataclass
@@ -98,6 +121,10 @@ class Owned:
     retry_at: float = 0.0
     inflight: asyncio.Task[None] | None = None
     """The transaction of the latest batch planned, while it runs."""
+    quotas: PartitionQuotas | None = None
+    """Quota evaluation of the partition's subjects (rebuilt with ``state``)."""
+    reevaluate: bool = False
+    """Whether its subjects must be evaluated again (quota file changed, or just rebuilt)."""
 
     @property
     def ready(self) -> bool:
@@ -127,8 +154,17 @@ class Worker:
         self.dedup_topic = topics.meter_dedup_topic(ns, name)
         self.dead_letter_topic = topics.dead_letter_topic(ns)
         self.group = topics.meter_consumer_group(ns, name)
+        self.decisions_topic = topics.quota_decisions_topic(ns)
+        self.notifications_topic = topics.notifications_topic(ns)
+        self.quota_file = QuotaFile(settings.quotas_file, meter_name=name, meter=self.meter)
+        self._policies_due = False
+        self._policies_gone: set[str] = set()
+        self._policy_producer: AIOKafkaProducer | None = None
+        self._next_topics_check = 0.0
+        self._policies_refresh_at = 0.0
         self.retention = settings.retention
         self.metrics = WorkerMetrics()
+        self.quota_metrics = QuotaMetrics(self.metrics.registry)
         self.owned: dict[int, Owned] = {}
         self.joined = False
         self.stopping = asyncio.Event()
@@ -207,8 +243,13 @@ class Worker:
             await producer.abort_transaction()
             output = TopicPartition(self.output_topic, partition)
             dedup = TopicPartition(self.dedup_topic, partition)
+            decided = TopicPartition(self.decisions_topic, partition)
+            # Counting never waits for the quota topics: without them, no quota evaluation.
+            evaluate = partition < await self._quota_partitions()
             values = await read_to_end(
-                self.settings.kafka, [output, dedup], timeout_s=RESTORE_TIMEOUT_S
+                self.settings.kafka,
+                [output, dedup, decided] if evaluate else [output, dedup],
+                timeout_s=RESTORE_TIMEOUT_S,
             )
             state, counts = PartitionState.restore(
                 partition,
@@ -216,7 +257,7 @@ class Worker:
                 values[output],
                 values[dedup],
                 horizon=self.settings.dedup_horizon,
-                max_entries=self.settings.dedup_max_entries,
+                max_entries=self.settings.dedup_bound(self._ingest_partitions(partition)),
             )
             committed = await asyncio.wait_for(self.consumer.committed(tp), TRANSACTION_TIMEOUT_S)
         except BaseException:
@@ -226,7 +267,24 @@ class Worker:
             await self.consumer.seek_to_beginning(tp)
         else:
             self.consumer.seek(tp, committed)
+        quotas = PartitionQuotas(
+            partition,
+            namespace=self.settings.namespace,
+            meter_name=self.settings.meter_name,
+            topic=self.decisions_topic,
+            notifications_topic=self.notifications_topic,
+        )
+        restored = quotas.restore(values[decided]) if evaluate else 0
+        if not evaluate:
+            log.warning(
+                "partition %d: the quota topics %s and %s do not exist (or have fewer "
+                "partitions): quotas are not evaluated for it until they do",
+                partition,
+                self.decisions_topic,
+                self.notifications_topic,
+            )
         owned.producer, owned.state, owned.position = producer, state, committed
+        owned.quotas, owned.reevaluate = (quotas if evaluate else None), True
         owned.failures = 0
         self.consumer.resume(tp)
         elapsed = time.monotonic() - started
@@ -234,13 +292,14 @@ class Worker:
         self.metrics.restore_seconds.observe(elapsed)
         log.info(
             "partition %d rebuilt in %.2f s: %d window totals read (%d windows, %d unreadable), "
-            "%d dedup pairs; resuming at offset %s",
+            "%d dedup pairs, %d quota decisions; resuming at offset %s",
             partition,
             elapsed,
             counts.totals,
             counts.windows,
             counts.invalid_totals,
             counts.dedup_entries,
+            restored,
             committed if committed is not None else "the beginning",
         )
 
@@ -282,6 +341,7 @@ class Worker:
         if tp in self.consumer.assignment():
             self.consumer.pause(tp)
         producer, owned.producer, owned.state = owned.producer, None, None
+        owned.quotas = None
         if producer is not None:
             try:
                 await asyncio.wait_for(producer.abort_transaction(), CLOSE_TIMEOUT_S)
@@ -307,28 +367,48 @@ class Worker:
             retention=self.retention,
             wall_now=datetime.now(UTC),
         )
+        quota_work = None
+        if owned.quotas is not None and self.quota_file.current.quotas:
+            # Before the batch is applied: usage advances from each window's previous state.
+            quota_work = owned.quotas.plan(
+                self.quota_file.current,
+                state.fold_state.windows,
+                work.result.changed,
+                wall_clock(self.settings.clock_offset),
+            )
         state.commit(work, self.retention)
         owned.position = work.next_offset
-        return _Planned(owned, tp, state, producer, work, len(records))
+        return _Planned(owned, tp, state, producer, work, len(records), quota_work)
 
     async def _transact(self, planned: _Planned) -> None:
         """Write one planned batch in one transaction; on failure, drop and rebuild."""
         owned = planned.owned
         try:
             await asyncio.wait_for(
-                self._write(planned.producer, planned.tp, planned.work), TRANSACTION_TIMEOUT_S
+                self._write(planned.producer, planned.tp, planned.work, planned.quota_work),
+                TRANSACTION_TIMEOUT_S,
             )
         except Exception as error:
             if owned.producer is planned.producer:
                 await self._break(owned, error)
             return
         self._count(planned.work, planned.records, planned.tp, owned)
+        if planned.quota_work is not None:
+            self.quota_metrics.committed(planned.quota_work)
 
-    async def _write(self, producer: AIOKafkaProducer, tp: TopicPartition, work: BatchWork) -> None:
+    async def _write(
+        self,
+        producer: AIOKafkaProducer,
+        tp: TopicPartition,
+        work: BatchWork,
+        quota_work: QuotaWork | None = None,
+    ) -> None:
         partition = tp.partition
         await producer.begin_transaction()
         futures = []
         send = producer.send
+        if quota_work is not None:
+            futures.extend(await _send_all(producer, quota_work.records))
         for record in work.result.records:
             futures.append(
                 await send(self.output_topic, record.value, key=record.key, partition=partition)
@@ -398,6 +478,139 @@ class Worker:
                     continue  # the transaction before it failed: the partition is being rebuilt
                 owned.inflight = asyncio.create_task(self._transact(step))
 
+    def _ingest_partitions(self, partition: int) -> int:
+        """The ingest topic's partition count, as the consumer's metadata knows it: the dedup
+        bound per partition is the memory limit shared by all of them (kmeter.worker.memory)."""
+        known = self.consumer.partitions_for_topic(self.ingest_topic) or set()
+        return max(len(known), partition + 1)
+
+    # --- quotas ---------------------------------------------------------------------------
+
+    async def _quota_partitions(self) -> int:
+        """The decisions topic's partition count if both quota topics exist, else 0."""
+        async with KafkaAdmin(self.settings.kafka) as admin:
+            found = await describe_topics(admin, [self.decisions_topic, self.notifications_topic])
+        return found[self.decisions_topic].partitions if len(found) == 2 else 0
+
+    async def _without_quota_topics(self) -> None:
+        """Rebuild the partitions that were taken over before the quota topics existed, once
+        they exist (checked every :data:`QUOTA_TOPICS_CHECK_S`)."""
+        now = time.monotonic()
+        waiting = [o for o in self.owned.values() if o.ready and o.quotas is None]
+        if not waiting or not self.quota_file.current.quotas or now < self._next_topics_check:
+            return
+        self._next_topics_check = now + QUOTA_TOPICS_CHECK_S
+        try:
+            partitions = await self._quota_partitions()
+        except Exception as error:
+            log.debug("checking the quota topics failed: %r", error)
+            return
+        for owned in waiting:
+            if owned.partition < partitions:
+                log.info("partition %d: the quota topics exist now; rebuilding", owned.partition)
+                await self._rebuild(owned)
+
+    async def _rebuild(self, owned: Owned) -> None:
+        """Drop ``owned``'s state and producer after its transaction in flight; the loop then
+        takes it over again (:meth:`_recover`)."""
+        async with self._lock:
+            await _settle([owned])
+            tp = TopicPartition(self.ingest_topic, owned.partition)
+            if tp in self.consumer.assignment():
+                self.consumer.pause(tp)
+            producer, owned.producer, owned.state, owned.quotas = owned.producer, None, None, None
+            if producer is not None:
+                await _close(producer)
+
+    async def _quota_changes(self) -> None:
+        """Re-read the quota file; publish policies; re-evaluate partitions that need it."""
+        await self._without_quota_topics()
+        previous = set(self.quota_file.current.quotas)
+        changed = self.quota_file.poll()
+        if changed is not None:
+            self._policies_gone |= previous - set(changed.quotas)
+            self._policies_due = True
+            for owned in self.owned.values():
+                owned.reevaluate = True
+        if not self.quota_file.loaded:
+            return
+        due = [o for o in self.owned.values() if o.ready and o.reevaluate and o.quotas is not None]
+        if due:
+            await self._reevaluate(due)
+        if time.monotonic() >= self._policies_refresh_at:
+            self._policies_due = True
+        if self._policies_due and any(o.quotas is not None for o in self.owned.values()):
+            await self._publish_policies()
+
+    async def _reevaluate(self, due: list[Owned]) -> None:
+        """One transaction per partition (after the one in flight) with its new decisions."""
+        async with self._lock:
+            for owned in due:
+                if owned.inflight is not None:
+                    await _settle([owned])
+                quotas, producer = owned.quotas, owned.producer
+                if quotas is None or producer is None or owned.state is None:
+                    continue
+                owned.reevaluate = False
+                work = quotas.reevaluate(
+                    self.quota_file.current,
+                    owned.state.fold_state.windows,
+                    wall_clock(self.settings.clock_offset),
+                )
+                if work.removed:
+                    self._policies_gone |= work.removed
+                    self._policies_due = True
+                if work.records:
+                    owned.inflight = asyncio.create_task(
+                        self._transact_quotas(owned, producer, work)
+                    )
+
+    async def _transact_quotas(
+        self, owned: Owned, producer: AIOKafkaProducer, work: QuotaWork
+    ) -> None:
+        try:
+            await asyncio.wait_for(self._write_quotas(producer, work), TRANSACTION_TIMEOUT_S)
+        except Exception as error:
+            if owned.producer is producer:
+                await self._break(owned, error)
+            return
+        self.quota_metrics.committed(work)
+        log.info(
+            "partition %d: %d quota decisions re-evaluated, %d notifications",
+            owned.partition,
+            work.decisions,
+            len(work.notifications),
+        )
+
+    async def _write_quotas(self, producer: AIOKafkaProducer, work: QuotaWork) -> None:
+        await producer.begin_transaction()
+        futures = await _send_all(producer, work.records)
+        if futures:
+            await asyncio.gather(*futures)
+        await producer.commit_transaction()
+
+    async def _publish_policies(self) -> None:
+        """Each Quota's policy record, tombstones for Quotas gone (idempotent, not transactional:
+        every replica writes the same content)."""
+        try:
+            if self._policy_producer is None:
+                producer = AIOKafkaProducer(
+                    **self.settings.kafka.client_options(), acks="all", enable_idempotence=True
+                )
+                await asyncio.wait_for(producer.start(), TRANSACTION_TIMEOUT_S)
+                self._policy_producer = producer
+            records = policy_records(
+                self.decisions_topic, self.quota_file.current, self._policies_gone
+            )
+            futures = await _send_all(self._policy_producer, records)
+            await asyncio.wait_for(asyncio.gather(*futures), TRANSACTION_TIMEOUT_S)
+        except Exception as error:
+            log.warning("publishing quota policies failed (%r); retrying", error)
+            return
+        self._policies_due = False
+        self._policies_gone.clear()
+        self._policies_refresh_at = time.monotonic() + POLICY_REFRESH_S
+
     # --- the loop -------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -420,6 +633,7 @@ class Worker:
         try:
             while not self.stopping.is_set():
                 await self._recover_pending()
+                await self._quota_changes()
                 batch = await consumer.getmany(timeout_ms=200, max_records=settings.max_batch)
                 if batch:
                     await self._process(batch)
@@ -438,6 +652,8 @@ class Worker:
                 await asyncio.gather(
                     *(_close(owned.producer) for owned in owned_now if owned.producer is not None)
                 )
+                if self._policy_producer is not None:
+                    await _close(self._policy_producer)
                 log.info("stopped")
 
 
@@ -451,6 +667,15 @@ class _Planned:
     producer: AIOKafkaProducer
     work: BatchWork
     records: int
+    quota_work: QuotaWork | None = None
+
+
+async def _send_all(producer: AIOKafkaProducer, records: Sequence[Outgoing]) -> list[Any]:
+    """Send quota records (decisions to their partition, the rest by key); their futures."""
+    return [
+        await producer.send(record.topic, record.value, key=record.key, partition=record.partition)
+        for record in records
+    ]
 
 
 async def _settle(owned: Sequence[Owned]) -> None:
@@ -489,6 +714,7 @@ async def serve(settings: WorkerSettings) -> None:
         health_port=settings.health_port,
     )
     await servers.start()
+    delivery = asyncio.create_task(_deliver_notifications(worker), name="notifications")
     # The fold allocates a few objects per event and keeps long-lived state (windows, dedup
     # keys): with the default thresholds the cyclic GC rescans that state every few thousand
     # events, which measured as half the worker's CPU. Freeze what start-up made, collect less.
@@ -497,7 +723,31 @@ async def serve(settings: WorkerSettings) -> None:
     try:
         await worker.run()
     finally:
+        delivery.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await delivery
         await servers.stop()
+
+
+async def _deliver_notifications(worker: Worker) -> None:
+    """Webhooks and Events for the Meter's Quotas, off the evaluation path
+    (:mod:`kmeter.notifications.dispatcher`)."""
+    settings = worker.settings
+    kube = await kube_client()
+    dispatcher = Dispatcher(
+        settings.kafka,
+        namespace=settings.namespace,
+        meter=settings.meter_name,
+        quota_file=worker.quota_file,
+        secrets_dir=settings.secrets_dir,
+        registry=worker.metrics.registry,
+        kube=kube,
+    )
+    try:
+        await dispatcher.run()
+    finally:
+        if kube is not None:
+            await kube.close()
 
 
 def run(settings: WorkerSettings) -> None:

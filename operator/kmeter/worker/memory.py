@@ -4,7 +4,9 @@ The worker's deduplicator (:mod:`kmeter.core.dedup`) keeps up to ``KMETER_DEDUP_
 pairs *per ingest partition* it owns. Its own default (2,000,000, about 300 MB per partition)
 suits a worker sized for it, not the default 512Mi container: a worker that owns three
 partitions would fill 900 MB and be OOM-killed, restart, restore the same pairs, and be killed
-again. So the operator derives the bound from the container's memory limit:
+again. So, unless ``KMETER_DEDUP_MAX_ENTRIES`` is set, the worker derives the bound from its
+container's memory limit (``KMETER_MEMORY_LIMIT``, which the operator fills from the downward
+API's ``limits.memory``) and the ingest topic's partition count:
 
 * the process itself and the batches in flight take :data:`BASE_BYTES` (measured 2026-11-25:
   55 MB RSS at rest; 200 MB peak while folding 500,000 events over 3 partitions with
@@ -15,9 +17,11 @@ again. So the operator derives the bound from the container's memory limit:
 * divided by the Meter's partition count, not by partitions per replica: after a rebalance (a
   replica lost) one worker may own every partition, and must not then be killed for it.
 
-Without a memory limit the worker keeps its own default. A bound of fewer pairs than the
-producers send in the horizon makes dedup forget the oldest pairs early — counted, and exported
-as ``kmeter_worker_dedup_evicted_total``; raise the memory limit (``spec.workers.resources``)
+Without a memory limit the worker keeps its own default (the downward API then gives the
+node's allocatable memory, and :data:`~kmeter.core.dedup.DEFAULT_MAX_ENTRIES` caps the bound).
+A bound of fewer pairs than the producers send in the horizon makes dedup forget the oldest
+pairs early — counted, and exported
+as ``kmeter_worker_dedup_evicted``; raise the memory limit (``spec.workers.resources``)
 to cover the rate (docs/operator.md).
 """
 
