@@ -14,6 +14,7 @@ names the flag and says what is wrong: ``--upstream: expected HOST:PORT, got '80
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import socket
@@ -89,6 +90,10 @@ class Config:
     drain_timeout: float = 20.0
     flush_timeout: float = 5.0
     kafka_retry_interval: float = 2.0
+    decisions_timeout: float = 10.0
+    decisions_fail: str = "open"
+    quota_max_subjects: int = 100_000
+    clock_offset_seconds: float = 0.0
     log_level: str = "INFO"
 
     @property
@@ -236,6 +241,24 @@ def _parser() -> argparse.ArgumentParser:
     add("--drain-timeout", "on SIGTERM, how long in-flight requests may finish (default 20s)")
     add("--flush-timeout", "on SIGTERM, how long to try Kafka before spooling (default 5s)")
     add("--kafka-retry-interval", "pause between reconnection attempts to Kafka (default 2s)")
+    add(
+        "--decisions-timeout",
+        "at start, how long to wait for the quota decisions before serving without them "
+        "(default 10s)",
+    )
+    add(
+        "--decisions-fail",
+        "when quota decisions are unavailable: open (serve, no enforcement) or closed "
+        "(refuse with 503) (default open)",
+    )
+    add(
+        "--quota-max-subjects",
+        "most subjects per quota counted locally or rate-limited at once (default 100000)",
+    )
+    add(
+        "--clock-offset-seconds",
+        "seconds added to the wall clock for quota periods (tests and demos only; default 0)",
+    )
     add("--log-level", "DEBUG, INFO, WARNING or ERROR (default INFO)")
     return parser
 
@@ -262,6 +285,25 @@ def _missing_policy(flag: str, text: str) -> str:
     return text
 
 
+def _fail_mode(flag: str, text: str) -> str:
+    if text not in ("open", "closed"):
+        raise ConfigError(f"{flag}: expected open or closed, got {text!r}")
+    return text
+
+
+def _offset(flag: str, text: str) -> float:
+    """Any finite number of seconds, negative too."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ConfigError(
+            f"{flag}: expected a number of seconds such as 86400, got {text!r}"
+        ) from None
+    if not math.isfinite(seconds):
+        raise ConfigError(f"{flag}: expected a finite number of seconds, got {text!r}")
+    return seconds
+
+
 def _log_level(flag: str, text: str) -> str:
     if text.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"{flag}: expected DEBUG, INFO, WARNING or ERROR, got {text!r}")
@@ -284,6 +326,8 @@ _SIMPLE: Final[dict[str, Callable[[str, str], object]]] = {
     "missing_subject": _missing_policy,
     "spool_dir": _directory,
     "log_level": _log_level,
+    "decisions_fail": _fail_mode,
+    "clock_offset_seconds": _offset,
     **dict.fromkeys(
         (
             "header_timeout",
@@ -293,11 +337,12 @@ _SIMPLE: Final[dict[str, Callable[[str, str], object]]] = {
             "drain_timeout",
             "flush_timeout",
             "kafka_retry_interval",
+            "decisions_timeout",
         ),
         _seconds,
     ),
     **dict.fromkeys(("value_max_body", "spool_max_bytes", "max_header_bytes"), _size),
-    **dict.fromkeys(("queue_max", "batch_max", "linger_ms"), _positive_int),
+    **dict.fromkeys(("queue_max", "batch_max", "linger_ms", "quota_max_subjects"), _positive_int),
 }
 
 Lookup = Callable[[str], tuple[str, str] | None]

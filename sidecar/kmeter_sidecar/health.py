@@ -2,9 +2,11 @@
 
 A few lines on the same httptools parser as the proxy rather than a web framework: the admin
 port sees a scrape every few seconds, and importing aiohttp would cost the sidecar ~10 MB of RSS
-for it. ``/readyz`` is 200 while the proxy accepts requests and 503 once it is draining
-(SIGTERM), so Kubernetes stops routing to the pod; it does not depend on Kafka — the spool
-covers a Kafka outage, and failing readiness then would take the app down with Kafka.
+for it. ``/readyz`` is 200 while the proxy accepts requests, and 503 with the reason in the body
+while it loads the quota decisions at start (for at most ``--decisions-timeout``) and once it is
+draining (SIGTERM), so Kubernetes routes to the pod only when it enforces what it should. It
+does not otherwise depend on Kafka — the spool covers a Kafka outage, and failing readiness
+then would take the app down with Kafka.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ __all__ = ["AdminConnection"]
 class AdminConnection(asyncio.Protocol):
     """One connection to the admin port; answers GET requests and closes."""
 
-    def __init__(self, metrics: Callable[[], bytes], ready: Callable[[], bool]) -> None:
+    def __init__(self, metrics: Callable[[], bytes], not_ready: Callable[[], str | None]) -> None:
+        """``not_ready()`` is None when the sidecar is ready, else why it is not."""
         self._metrics = metrics
-        self._ready = ready
+        self._not_ready = not_ready
         self._parser = HttpRequestParser(self)
         self._url = b""
         self._transport: asyncio.Transport | None = None
@@ -50,10 +53,11 @@ class AdminConnection(asyncio.Protocol):
         elif path == b"/healthz":
             self._answer(200, b"text/plain", b"ok\n")
         elif path == b"/readyz":
-            if self._ready():
+            reason = self._not_ready()
+            if reason is None:
                 self._answer(200, b"text/plain", b"ready\n")
             else:
-                self._answer(503, b"text/plain", b"draining\n")
+                self._answer(503, b"text/plain", reason.encode() + b"\n")
         else:
             self._answer(404, b"text/plain", b"not found\n")
 

@@ -22,6 +22,15 @@ metric                                         meaning
 ``kmeter_sidecar_kafka_up``                    1 while the producer is connected
 ``kmeter_sidecar_connections``                 open client connections
 ``kmeter_sidecar_value_body_too_large_total``  responses whose body was too large to read values
+``kmeter_sidecar_requests_refused_total``      requests refused by enforcement, by ``reason``:
+                                               ``quota`` (429), ``rate_limit`` (429),
+                                               ``decisions_unavailable`` (503, fail-closed)
+``kmeter_sidecar_decisions_available``         1 once the quota decisions are loaded
+``kmeter_sidecar_decisions_applied_total``     records of the decisions topic applied
+``kmeter_sidecar_decisions_malformed_total``   records of the decisions topic skipped as invalid
+``kmeter_sidecar_quota_policies``              quotas this sidecar enforces (its event type)
+``kmeter_sidecar_quota_subjects``              subjects' usage entries held for them
+``kmeter_sidecar_rate_limit_buckets``          token buckets held (one per active subject)
 =============================================  ==============================================
 """
 
@@ -107,6 +116,40 @@ class Metrics:
         )
         self.connections = Gauge(
             f"{_PREFIX}_connections", "Open client connections.", registry=registry
+        )
+        refused = Counter(
+            f"{_PREFIX}_requests_refused",
+            "Requests refused by quota enforcement, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.refused = {
+            reason: refused.labels(reason)
+            for reason in ("quota", "rate_limit", "decisions_unavailable")
+        }
+        self.decisions_available = Gauge(
+            f"{_PREFIX}_decisions_available",
+            "1 once the quota decisions are loaded, 0 while they are unavailable.",
+            registry=registry,
+        )
+        self.decisions_applied = Counter(
+            f"{_PREFIX}_decisions_applied",
+            "Records of the quota decisions topic applied.",
+            registry=registry,
+        )
+        self.decisions_malformed = Counter(
+            f"{_PREFIX}_decisions_malformed",
+            "Records of the quota decisions topic skipped as invalid.",
+            registry=registry,
+        )
+        self.quota_policies = Gauge(
+            f"{_PREFIX}_quota_policies", "Quotas this sidecar enforces.", registry=registry
+        )
+        self.quota_subjects = Gauge(
+            f"{_PREFIX}_quota_subjects", "Subjects' quota usage entries held.", registry=registry
+        )
+        self.rate_limit_buckets = Gauge(
+            f"{_PREFIX}_rate_limit_buckets", "Rate-limit token buckets held.", registry=registry
         )
 
     def count_status(self, status: int) -> None:

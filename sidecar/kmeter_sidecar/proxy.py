@@ -33,7 +33,10 @@ within ``--upstream-timeout`` gets the client a 504. Their resolution is the swe
 **Which requests yield an event**: every request whose head was valid and whose subject was
 accepted — also when the sidecar answers it itself with 502/504, or the client goes away before
 the answer (status 499, ``aborted``). Requests refused before the app (400, 401, 408, 431) yield
-none: they have no valid subject or head to bill.
+none: they have no valid subject or head to bill. Nor do requests refused by quota enforcement
+(429, or 503 when failing closed; :mod:`.quotas`): they never reach the app, so they are not
+billable; they are counted in ``kmeter_sidecar_requests_refused_total{reason}``. Such a refusal
+keeps the connection open when the request has no body (nothing left to discard).
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ class Exchange:
         "method",
         "pending",
         "pending_size",
+        "rate_headers",
         "reader",
         "request_bytes",
         "request_chunked",
@@ -128,6 +132,7 @@ class Exchange:
         self.pending_size = 0
         self.upstream: UpstreamConnection | None = None
         self.reader: ValueReader | None = None
+        self.rate_headers: list[tuple[bytes, bytes]] | None = None  # RateLimit fields to add
         self.sent_at = 0.0
         self.finished = False
 
@@ -302,11 +307,39 @@ class ClientConnection(asyncio.Protocol):
             exchange.canned = problem_response(refused.status, refused.detail, close=True)
             exchange.status = refused.status
             exchange.close = True
+        else:
+            if sidecar.quotas.engaged:
+                self._enforce(exchange)
         if self.current is None:
             self._start(exchange)
         else:
             self.waiting.append(exchange)
             self._pause(_PAUSE_WAIT)
+
+    def _enforce(self, exchange: Exchange) -> None:
+        """Quotas and rate limits: a refused request is answered here and never reaches the
+        app; an admitted one's response gets the RateLimit header fields."""
+        sidecar = self.sidecar
+        verdict = sidecar.quotas.check(exchange.subject)
+        if verdict is None:
+            return
+        refusal = verdict.refusal
+        if refusal is None:
+            exchange.rate_headers = verdict.headers or None
+            return
+        sidecar.metrics.refused[refusal.reason].inc()
+        if (
+            exchange.request_chunked
+            or exchange.upgrade is not None
+            or not exchange.http11
+            or any(
+                len(name) == 14 and name.lower() == b"content-length" and value.strip() != b"0"
+                for name, value in self.headers
+            )
+        ):
+            exchange.close = True  # a body would have to be read and discarded: close instead
+        exchange.canned = refusal.response(close=exchange.close)
+        exchange.status = refusal.status
 
     def on_body(self, body: bytes) -> None:
         exchange = self.parsing
@@ -349,7 +382,12 @@ class ClientConnection(asyncio.Protocol):
             self.write(exchange.canned)
             exchange.finished = True
             self.sidecar.metrics.count_status(exchange.status)
-            self._close()
+            if exchange.close:
+                self._close()
+            else:
+                # a refusal of a request without a body keeps the connection; the next one
+                # starts from the loop, not from here (pipelined refusals must not recurse)
+                asyncio.get_running_loop().call_soon(self._next)
             return
         self.sidecar.pool.acquire(self, exchange)
 
@@ -405,6 +443,9 @@ class ClientConnection(asyncio.Protocol):
         content_encoding: bytes | None,
     ) -> None:
         exchange.status = status
+        rate_headers = exchange.rate_headers
+        if rate_headers is not None and exchange.upstream is not None:
+            exchange.upstream.headers.extend(rate_headers)  # the head is built from these next
         config = self.sidecar.config
         if config.values:
             exchange.reader = value_reader(

@@ -1,5 +1,9 @@
 """The running sidecar: wires the proxy, the app pool, the emitter and the admin port together.
 
+Start, in order: the admin port (``/readyz`` 503 "loading quota decisions"), the emitter, the
+quota decisions (:mod:`.decisions`: loaded, or given up on after ``--decisions-timeout``), and
+only then the proxy port, with ``/readyz`` 200.
+
 Shutdown (SIGTERM or SIGINT), in order:
 
 1. ``/readyz`` turns 503 and the listening socket closes: no new connections.
@@ -18,13 +22,17 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from typing import Any
 
 from kmeter_sidecar.config import Config
+from kmeter_sidecar.decisions import DecisionsFollower
 from kmeter_sidecar.emitter import Emitter
 from kmeter_sidecar.health import AdminConnection
 from kmeter_sidecar.metrics import Metrics
 from kmeter_sidecar.proxy import ClientConnection, Exchange
+from kmeter_sidecar.quotas import QuotaTable
+from kmeter_sidecar.sink import EventSink
 from kmeter_sidecar.spool import Spool
 from kmeter_sidecar.subject import SubjectResolver
 from kmeter_sidecar.upstream import UpstreamPool
@@ -38,7 +46,8 @@ log = logging.getLogger("kmeter_sidecar")
 class Sidecar:
     """Shared state of all connections, and the process's lifecycle."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, sink: EventSink | None = None) -> None:
+        """``sink``: where events go; default the Kafka :class:`Emitter` with its spool."""
         self.config = config
         self.metrics = Metrics()
         self.now = asyncio.get_running_loop().time
@@ -56,18 +65,42 @@ class Sidecar:
             connect_timeout=config.upstream_connect_timeout,
         )
         self.upstream_host_header = config.upstream.encode()
-        self.spool = Spool(config.spool_dir, config.spool_max_bytes)
-        self.emitter = Emitter(
-            bootstrap=config.kafka_bootstrap,
-            namespace=config.namespace,
-            spool=self.spool,
-            metrics=self.metrics,
-            queue_max=config.queue_max,
-            batch_max=config.batch_max,
-            linger=config.linger_ms / 1000,
-            retry_interval=config.kafka_retry_interval,
-        )
+        self.emitter: EventSink
+        if sink is not None:
+            self.emitter = sink
+        else:
+            self.spool = Spool(config.spool_dir, config.spool_max_bytes)
+            self.emitter = Emitter(
+                bootstrap=config.kafka_bootstrap,
+                namespace=config.namespace,
+                spool=self.spool,
+                metrics=self.metrics,
+                queue_max=config.queue_max,
+                batch_max=config.batch_max,
+                linger=config.linger_ms / 1000,
+                retry_interval=config.kafka_retry_interval,
+            )
         self.events = EventFactory(source=config.source, event_type=config.event_type)
+        offset = config.clock_offset_seconds
+        self.quotas = QuotaTable(
+            config.event_type,
+            wall=(lambda: time.time() + offset) if offset else time.time,
+            mono_ns=time.monotonic_ns,
+            max_subjects=config.quota_max_subjects,
+            fail_closed=config.decisions_fail == "closed",
+        )
+        # In a pod, decisions come from Kafka; a caller with a sink of its own (`kmeter dev`)
+        # may feed `quotas` itself (QuotaTable.apply).
+        self.decisions: DecisionsFollower | None = None
+        if sink is None:
+            self.decisions = DecisionsFollower(
+                bootstrap=config.kafka_bootstrap,
+                namespace=config.namespace,
+                table=self.quotas,
+                metrics=self.metrics,
+                start_timeout=config.decisions_timeout,
+                retry_interval=config.kafka_retry_interval,
+            )
         self.connections: set[ClientConnection] = set()
         self.draining = False
         self.all_closed = asyncio.Event()  # set when the last connection closes while draining
@@ -94,25 +127,37 @@ class Sidecar:
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Serve until SIGTERM/SIGINT, then shut down as the module docstring says."""
+    def not_ready(self) -> str | None:
+        """Why ``/readyz`` is 503, or None when the sidecar is ready."""
+        if self.draining:
+            return "draining"
+        if self.decisions is not None and not self.decisions.settled:
+            return "loading quota decisions"
+        return None
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Serve until SIGTERM/SIGINT — or until ``stop`` is set, when the caller owns the
+        signals (``kmeter dev``) — then shut down as the module docstring says."""
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+        if stop is None:
+            stop = asyncio.Event()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
         config = self.config
+        admin = await loop.create_server(
+            lambda: AdminConnection(self.metrics.render, self.not_ready),
+            config.admin_host,
+            config.admin_port,
+            reuse_address=True,
+        )
         await self.emitter.start()
+        if self.decisions is not None:
+            await self.decisions.start()
         server = await loop.create_server(
             lambda: ClientConnection(self),
             config.listen_host,
             config.port,
             backlog=2048,
-            reuse_address=True,
-        )
-        admin = await loop.create_server(
-            lambda: AdminConnection(self.metrics.render, lambda: not self.draining),
-            config.admin_host,
-            config.admin_port,
             reuse_address=True,
         )
         sweeper = asyncio.create_task(self._sweeper())
@@ -135,6 +180,8 @@ class Sidecar:
             await sweeper
         self.pool.close()
         await self.emitter.close(config.flush_timeout)
+        if self.decisions is not None:
+            await self.decisions.close()
         admin.close()
         log.info("stopped")
 
