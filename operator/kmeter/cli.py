@@ -101,17 +101,68 @@ def api(  # noqa: PLR0917 - one parameter per option, as typer wants
     """Run the usage API: OpenMeter-compatible ingest and query (docs/api.md)."""
     from kmeter.api.app import ApiSettings, run  # noqa: PLC0415 - keep other commands light
 
-    run(
-        ApiSettings(
-            kafka_bootstrap=kafka_bootstrap,
-            host=host,
-            port=port,
-            manifests=manifests,
-            default_namespace=namespace,
-            tokens=tokens,
-            refresh_seconds=refresh_seconds,
-        )
+    settings = ApiSettings(
+        kafka_bootstrap=kafka_bootstrap,
+        host=host,
+        port=port,
+        manifests=manifests,
+        default_namespace=namespace,
+        tokens=tokens,
+        refresh_seconds=refresh_seconds,
     )
+    try:
+        settings.kafka()
+    except ValueError as error:
+        typer.echo(f"kmeter api: {error}", err=True)
+        raise typer.Exit(2) from None
+    run(settings)
+
+
+@app.command()
+def dev(  # noqa: PLR0917 - one parameter per option, as typer wants
+    manifests: Annotated[
+        Path, typer.Option(help="Folder of Meter and Quota manifests (YAML, as for kubectl).")
+    ],
+    upstream: Annotated[str, typer.Option(help="The app the proxy fronts: http://HOST:PORT.")],
+    proxy_port: Annotated[int, typer.Option(help="Port of the metering proxy.")] = 8000,
+    api_port: Annotated[int, typer.Option(help="Port of the usage API.")] = 8888,
+    data_dir: Annotated[
+        Path, typer.Option(help="Where the event log is kept (across restarts).")
+    ] = Path(".kmeter-dev"),
+    host: Annotated[str, typer.Option(help="Address the proxy and the API listen on.")] = (
+        "127.0.0.1"
+    ),
+    namespace: Annotated[
+        str, typer.Option(help="Namespace of manifests that name none, and of the proxy.")
+    ] = "default",
+    event_type: Annotated[
+        str | None,
+        typer.Option(help="CloudEvents type of the proxy's events; default: the Meters' type."),
+    ] = None,
+    subject_from: Annotated[
+        str, typer.Option(help="header:NAME, jwt-claim:CLAIM or query:PARAM.")
+    ] = "header:X-Customer-Id",
+    value: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=JSONPATH read from responses into the event (repeatable)."),
+    ] = None,
+) -> None:
+    """Run the whole pipeline locally: proxy, event log, aggregation, usage API (docs/dev.md)."""
+    from kmeter.dev.runner import DevSettings, run  # noqa: PLC0415 - keep other commands light
+
+    settings = DevSettings(
+        manifests=manifests,
+        upstream=upstream,
+        proxy_port=proxy_port,
+        api_port=api_port,
+        data_dir=data_dir,
+        host=host,
+        namespace=namespace,
+        event_type=event_type,
+        subject_from=subject_from,
+        values=tuple(value or ()),
+    )
+    raise typer.Exit(run(settings))
 
 
 @app.command()
