@@ -13,9 +13,11 @@ Two Quotas, each on a Meter of its own, both with a limit of 1,000 requests' wor
 * **requests** — a ``COUNT`` Meter (the policy's ``countsRequests``): the sidecar also counts
   the requests it admits between decisions (docs/quotas.md), so it refuses without waiting for
   the worker;
-* **tokens** — a ``SUM`` Meter of ``usage.tokens``, 10 per request, limit 10,000: the sidecar
-  cannot count tokens itself, so only the worker's decision stops the subject — this measures
-  the whole loop sidecar → Kafka → worker → decisions topic → sidecar.
+* **tokens** — a ``SUM`` Meter of ``usage.tokens``, 10 per request, limit 10,000 (the policy's
+  ``sumsValue``): the sidecar adds the tokens of the events it emits between decisions, so it
+  too refuses without waiting for the worker; what gets past is the requests in flight. What a
+  replica that did not serve the traffic waits for — the whole loop sidecar → Kafka → worker →
+  decisions topic → sidecar — is measured by ``tests/e2e/test_quota_enforcement.py``.
 
 Each trial sends a fresh subject's requests open-loop at ``--rate`` per second (asyncio +
 aiohttp, keep-alive; Debian's wrk has no way to timestamp each response) until 300 ms after its

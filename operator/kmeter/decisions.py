@@ -6,8 +6,9 @@ record, each the latest word on its key (the topic is compacted):
 
 * a :class:`QuotaPolicy` per Quota — key ``policy/<quota>`` — what the Quota is: its Meter and
   that Meter's event type, limit, period, overrides, enforcement and rate limit, the subjects it
-  names (``subjects``, absent for all) and whether each event counts exactly 1 toward it
-  (``countsRequests``; both optional, added for the sidecar's enforcement). A null value (a
+  names (``subjects``, absent for all), whether each event counts exactly 1 toward it
+  (``countsRequests``) or adds the value at a JSONPath of its data (``sumsValue``) — all three
+  optional, added for the sidecar's enforcement. A null value (a
   tombstone) means the Quota is gone. Sidecars need it for the ``RateLimit-Policy`` header, for
   rate limits, and to know which quotas concern them: **a sidecar enforces the quotas whose
   Meter counts the event type that sidecar emits** (``eventType``).
@@ -73,6 +74,10 @@ class QuotaPolicy:
     """True when every event of ``event_type`` adds exactly 1 to the usage (a ``COUNT`` Meter
     and no ``filterGroupBy``): the sidecar may then count the requests it serves itself
     between two decisions (see docs/quotas.md, "Enforcement at the sidecar")."""
+    sums_value: str | None = None
+    """For a ``SUM`` Meter without ``filterGroupBy``: its ``valueProperty`` (a JSONPath into an
+    event's ``data``). Every event of ``event_type`` adds that value to the usage, so the sidecar
+    may add the values of the events it emits itself between two decisions."""
 
     def limit_for(self, subject: str) -> Decimal:
         """The subject's own limit: its override, else the Quota's."""
@@ -155,6 +160,7 @@ def encode_policy(policy: QuotaPolicy) -> bytes:
             else {"requests": rate.requests, "perSeconds": rate.per_seconds, "burst": rate.burst},
             "subjects": None if policy.subjects is None else sorted(policy.subjects),
             "countsRequests": policy.counts_requests,
+            "sumsValue": policy.sums_value,
         }
     )
 
@@ -243,6 +249,9 @@ def decode_policy(value: bytes) -> QuotaPolicy:
     counts_requests = reader.document.get("countsRequests", False)
     if not isinstance(counts_requests, bool):
         raise DecisionFormatError("countsRequests: not a boolean")
+    sums_value = reader.document.get("sumsValue")
+    if sums_value is not None and not isinstance(sums_value, str):
+        raise DecisionFormatError("sumsValue: not a string")
     return QuotaPolicy(
         quota=reader.get("quota", str),
         generation=reader.get("generation", int),
@@ -259,6 +268,7 @@ def decode_policy(value: bytes) -> QuotaPolicy:
         rate_limit=rate_limit,
         subjects=None if subjects is None else frozenset(subjects),
         counts_requests=counts_requests,
+        sums_value=sums_value,
     )
 
 

@@ -20,18 +20,24 @@ no new record. The sidecar decides ``blocked`` itself from ``used`` and the *cur
 raising a limit unblocks at once, without waiting for re-evaluated decisions. ``Notify`` quotas
 never refuse.
 
-**Counting locally between decisions** (only for a policy with ``countsRequests``: a ``COUNT``
-Meter without ``filterGroupBy``, where each request is one unit). The worker's decision lags the
-requests by the time an event takes through Kafka and back; at 1,000 requests/s that lag would
-let hundreds of requests past a limit of 100. So the sidecar adds to the decision's ``used`` the
-requests *it* admitted since that decision arrived (and, for a subject with no decision yet, the
-requests it admitted in the current period). This never refuses a subject that is truly under
-its limit: a request admitted after a decision arrived cannot be counted in it (its event is
-sent after the request, the decision was computed before it arrived), so the estimate is a lower
-bound of the true usage; other replicas' requests are simply not seen. When a new decision of
-the same period arrives the estimate becomes ``max(decision.used, estimate)`` — both are lower
-bounds — and counting restarts from there. The overshoot that remains comes from the other
-replicas of the workload, until the next decision.
+**Counting locally between decisions** (for a policy with ``countsRequests``: a ``COUNT`` Meter
+without ``filterGroupBy``, where each request is one unit; or with ``sumsValue``: a ``SUM``
+Meter without ``filterGroupBy``, where each event adds the number at that JSONPath of its data).
+The worker's decision lags the requests by the time an event takes through Kafka and back; at
+1,000 requests/s that lag would let hundreds of requests past a limit of 100. So the sidecar
+adds to the decision's ``used`` the requests *it* admitted since that decision arrived — or, for
+a summing quota, the values of the events it emitted since (:meth:`QuotaTable.record`, called
+with each event as it is emitted: a value read from the response is only known then) — and,
+for a subject with no decision yet, those of the current period. This never refuses a subject
+that is truly under its limit (for sums: while values are not negative; a negative value, a
+refund, is not counted locally): a request admitted (an event emitted) after a decision arrived
+cannot be counted in it (its event is sent after the request, the decision was computed before
+it arrived), so the estimate is a lower bound of the true usage; other replicas' requests are
+simply not seen. When a new decision of the same period arrives the estimate becomes
+``max(decision.used, estimate)`` — both are lower bounds — and counting restarts from there.
+The overshoot that remains comes from requests in flight (a summing quota learns a request's
+value only when its response ends) and from the other replicas of the workload, until the next
+decision.
 
 **Rate limits** (``rateLimit``) are token buckets per subject and *per sidecar replica*
 (:mod:`kmeter_sidecar.rate_limit`), enforced whatever the quota's ``enforcement``. A request
@@ -60,6 +66,8 @@ from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from typing import Final
 
+from kmeter.core.jsonpath import ExtractionError, JSONPathError, compile_path, number_at
+from kmeter.core.jsonpath import Path as JSONPath
 from kmeter.core.windows import WindowSize, local_window, time_zone
 from kmeter.decisions import (
     DecisionFormatError,
@@ -85,6 +93,7 @@ __all__ = ["QuotaTable", "Refusal", "Verdict"]
 log = logging.getLogger("kmeter_sidecar.quotas")
 
 ZERO: Final = Decimal(0)
+ONE: Final = Decimal(1)
 PERIODS: Final = frozenset({"HOUR", "DAY", "MONTH"})
 ENFORCEMENTS: Final = frozenset({"Block", "Notify"})
 UNAVAILABLE_RETRY_AFTER: Final = 5
@@ -127,12 +136,12 @@ class _Usage:
     __slots__ = ("base", "count", "end", "generation", "start")
 
     def __init__(
-        self, start: float, end: float, base: Decimal, count: int, generation: int | None
+        self, start: float, end: float, base: Decimal, count: Decimal, generation: int | None
     ) -> None:
         self.start = start
         self.end = end
         self.base = base  # the decision's used (or a larger lower bound); 0 without a decision
-        self.count = count  # requests admitted here since (counting quotas only)
+        self.count = count  # units admitted or emitted here since (local-counting quotas only)
         self.generation = generation  # of the decision it came from; None: counted locally
 
 
@@ -146,6 +155,7 @@ class _Quota:
         "items",
         "label",
         "limiter",
+        "local",
         "meter_param",
         "name",
         "period_end",
@@ -153,6 +163,7 @@ class _Quota:
         "policy",
         "rate_item",
         "rate_label",
+        "sums",
         "usage",
         "zone",
     )
@@ -165,6 +176,8 @@ class _Quota:
         self.label = sf_string(policy.quota)
         self.block = policy.enforcement == "Block"
         self.counts = policy.counts_requests
+        self.sums = _sums_path(policy)
+        self.local = self.counts or self.sums is not None  # usage counted here between decisions
         self.every = WindowSize(policy.period)
         self.zone = zone
         self.meter_param = "" if self.counts else f";kmeter-meter={sf_string(policy.meter)}"
@@ -186,12 +199,12 @@ class _Quota:
             self.rate_item = policy_item(
                 self.rate_label, rate.requests, rate.per_seconds, f";kmeter-burst={rate.burst}"
             )
-        if previous is not None and previous.counts and not self.counts:
+        if previous is not None and previous.local and not self.local:
             for subject, usage in list(self.usage.items()):
                 if usage.generation is None:
                     del self.usage[subject]
                 else:
-                    usage.count = 0
+                    usage.count = ZERO
 
     def period(self, now: float) -> tuple[float, float]:
         """The calendar period holding ``now`` (epoch seconds), cached until it ends."""
@@ -251,6 +264,18 @@ def _check_policy(policy: QuotaPolicy) -> tzinfo:
         raise DecisionFormatError(str(error)) from None
 
 
+def _sums_path(policy: QuotaPolicy) -> JSONPath | None:
+    """The compiled ``sumsValue`` of a policy; None without one, or when it does not compile
+    (then the quota is enforced from decisions alone)."""
+    if policy.sums_value is None:
+        return None
+    try:
+        return compile_path(policy.sums_value)
+    except JSONPathError as error:
+        log.warning("quota %s: sumsValue %r ignored: %s", policy.quota, policy.sums_value, error)
+        return None
+
+
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
 
@@ -276,7 +301,9 @@ class QuotaTable:
         self._elsewhere: set[str] = set()  # quotas on other event types
         self._pending: dict[str, dict[str, SubjectDecision]] = {}  # policy not seen yet
         self._active: tuple[_Quota, ...] = ()
+        self._summing: tuple[_Quota, ...] = ()
         self._closed: Refusal | None = None
+        self.summing = False
         self.engaged = False
         """Whether :meth:`check` has anything to do (the proxy skips it otherwise)."""
 
@@ -368,17 +395,20 @@ class QuotaTable:
             if usage.generation is None or usage.generation == decision.generation:
                 # the same period: both are lower bounds of the true usage
                 known = usage.base + usage.count
-                usage.base = max(decision.used, known) if quota.counts else decision.used
-                usage.count = 0
+                usage.base = max(decision.used, known) if quota.local else decision.used
+                usage.count = ZERO
                 usage.generation = decision.generation
                 return
         elif usage is not None and end <= usage.start:
             return  # a decision of an earlier period than the one already known
-        quota.usage[decision.subject] = _Usage(start, end, decision.used, 0, decision.generation)
+        quota.usage[decision.subject] = _Usage(start, end, decision.used, ZERO, decision.generation)
 
     def _refresh(self) -> None:
         self._active = tuple(self._quotas[name] for name in sorted(self._quotas))
+        self._summing = tuple(q for q in self._active if q.block and q.sums is not None)
         self.engaged = bool(self._active) or self._closed is not None
+        self.summing = bool(self._summing)
+        """Whether :meth:`record` has anything to do (the sidecar skips it otherwise)."""
 
     # --- the request path -----------------------------------------------------------------
 
@@ -478,10 +508,31 @@ class QuotaTable:
         if usage is not None:
             usage.count += 1
         elif subject not in quota.usage and len(quota.usage) < self.max_subjects:
-            quota.usage[subject] = _Usage(standing.start, standing.end, ZERO, 1, None)
+            quota.usage[subject] = _Usage(standing.start, standing.end, ZERO, ONE, None)
         else:
             return
         standing.used += 1
+
+    def record(self, subject: str, data: Mapping[str, object]) -> None:
+        """An event this sidecar emits for ``subject``: its value (at the Meter's
+        ``valueProperty``) counts toward the summing quotas until the next decision."""
+        now = self._wall()
+        for quota in self._summing:
+            if not quota.policy.applies_to(subject):
+                continue
+            assert quota.sums is not None
+            try:
+                value = number_at(quota.sums, data)
+            except ExtractionError:
+                continue  # the worker dead-letters this event: it adds nothing
+            if value <= 0:
+                continue  # a lower bound must not shrink; negative values are refunds
+            usage = self._standing(quota, subject, now).usage
+            if usage is not None:
+                usage.count += value
+            elif len(quota.usage) < self.max_subjects:
+                start, end = quota.period(now)
+                quota.usage[subject] = _Usage(start, end, ZERO, value, None)
 
     def _over_quota(self, standing: _Standing, subject: str, now: float) -> Refusal:
         quota, end = standing.quota, standing.end

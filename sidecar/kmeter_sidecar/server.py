@@ -124,6 +124,8 @@ class Sidecar:
         )
         key, value = self.events.encode(event)
         self.emitter.emit(key, value)
+        if self.quotas.summing and event.data is not None:  # counts until the next decision
+            self.quotas.record(event.subject, event.data)
 
     # --- lifecycle ------------------------------------------------------------------------
 

@@ -2,9 +2,11 @@
 
 Every part is the real process over the real broker: ``kmeter-sidecar`` in front of an app that
 answers with a token count, ``kmeter worker`` for a ``SUM`` Meter of tokens evaluating a Quota
-file (as the operator's ConfigMap mounts it), and the decisions topic between them. A Meter of
-tokens is chosen on purpose: the sidecar cannot count tokens itself, so the 429 can only come
-from the worker's decision — the whole loop sidecar → Kafka → worker → decisions → sidecar.
+file (as the operator's ConfigMap mounts it), and the decisions topic between them. Two replicas
+of the workload, each with its sidecar: all of the subject's traffic goes through the first,
+which adds up the tokens of the events it emits and refuses the very next request; the second
+has seen none of it, so its 429 can only come from the worker's decision — the whole loop
+sidecar → Kafka → worker → decisions → sidecar.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ import pytest
 from aiohttp import web
 from tests.integration.test_worker_pipeline import EVENT_TYPE, Meter, WorkerProcess
 from tests.support.http import App, serve_in_thread
-from tests.support.sidecar import launch_sidecar
+from tests.support.sidecar import SidecarProcess, launch_sidecar
 
 from kmeter.operator.quota_reconcile import quota_config
 
@@ -41,6 +43,26 @@ def app() -> Iterator[App]:
         yield served
 
 
+async def completion(
+    http: aiohttp.ClientSession, sidecar: SidecarProcess, subject: str
+) -> tuple[int, dict[str, str], Any]:
+    async with http.post(
+        f"{sidecar.url}/v1/completions", headers={"X-Customer-Id": subject}
+    ) as response:
+        return response.status, dict(response.headers), await response.json(content_type=None)
+
+
+async def requests_until_advertised(
+    call: Callable[[SidecarProcess], Awaitable[tuple[int, dict[str, str], Any]]],
+    sidecar: SidecarProcess,
+) -> None:
+    """Send requests until the sidecar has the worker's policy of the quota."""
+    deadline = time.monotonic() + 30
+    while "daily-tokens" not in (await call(sidecar))[1].get("RateLimit-Policy", ""):
+        assert time.monotonic() < deadline, sidecar.output()
+        await asyncio.sleep(0.1)
+
+
 async def test_the_sidecar_refuses_within_a_second_of_the_request_that_crossed_the_quota(
     kafka_bootstrap: str, app: App, tmp_path: Path
 ) -> None:
@@ -56,50 +78,41 @@ async def test_the_sidecar_refuses_within_a_second_of_the_request_that_crossed_t
     }
     quotas.write_text(json.dumps([quota_config("daily-tokens", 1, spec)]))
     worker = WorkerProcess(meter, tmp_path, KMETER_QUOTAS_FILE=str(quotas))
-    sidecar = launch_sidecar(
-        kafka_bootstrap,
-        app.port,
-        tmp_path,
-        meter.namespace,
-        "--event-type", EVENT_TYPE,
-        "--value", "usage=$.usage",
-        "--value", "model=$.model",
-    )  # fmt: skip
+    options = ["--event-type", EVENT_TYPE, "--value", "usage=$.usage", "--value", "model=$.model"]
+    sidecars = [
+        launch_sidecar(kafka_bootstrap, app.port, tmp_path, meter.namespace, *options)
+        for _replica in range(2)
+    ]
+    first, second = sidecars
     subject = f"customer-{uuid.uuid4().hex[:6]}"
     try:
         await asyncio.to_thread(worker.wait_ready)
-        await asyncio.to_thread(sidecar.wait_ready)
-        # the worker writes the Quota's policy: the sidecar advertises it once it arrives
+        for sidecar in sidecars:
+            await asyncio.to_thread(sidecar.wait_ready)
         async with aiohttp.ClientSession() as http:
 
-            async def call() -> tuple[int, dict[str, str], Any]:
-                async with http.post(
-                    f"{sidecar.url}/v1/completions", headers={"X-Customer-Id": subject}
-                ) as response:
-                    return (
-                        response.status,
-                        dict(response.headers),
-                        await response.json(content_type=None),
-                    )
+            async def call(sidecar: SidecarProcess) -> tuple[int, dict[str, str], Any]:
+                return await completion(http, sidecar, subject)
 
+            async def probe(sidecar: SidecarProcess) -> tuple[int, dict[str, str], Any]:
+                return await completion(http, sidecar, f"probe-{subject}")
+
+            # the worker writes the Quota's policy: both sidecars advertise it once it arrives
+            for sidecar in sidecars:
+                await requests_until_advertised(probe, sidecar)
             served = 0  # every request served is counted: 10 tokens each
-            deadline = time.monotonic() + 30
             while True:
                 served += 1
-                if "daily-tokens" in (await call())[1].get("RateLimit-Policy", ""):
-                    break
-                assert time.monotonic() < deadline, sidecar.output()
-                await asyncio.sleep(0.1)
-            while True:
-                served += 1
-                status, _, _ = await call()
+                status, _, _ = await call(first)
                 assert status == 200, f"refused before the limit, at request {served}"
                 if served * TOKENS_PER_REQUEST >= LIMIT:
                     break
             crossed = time.monotonic()  # the event of this response reaches the limit
+            status, headers, body = await call(first)
+            assert status == 429, "the replica that served the tokens refuses the next request"
             overshoot = 0
-            while True:
-                status, headers, body = await call()
+            while True:  # the other replica learns it from the worker's decision
+                status, headers, body = await call(second)
                 if status == 429:
                     break
                 overshoot += 1
@@ -118,5 +131,6 @@ async def test_the_sidecar_refuses_within_a_second_of_the_request_that_crossed_t
         assert int(body["used"]) >= LIMIT
         print(f"first 429 {refused_after * 1000:.0f} ms after the crossing; overshoot {overshoot}")
     finally:
-        sidecar.kill()
+        for sidecar in sidecars:
+            sidecar.kill()
         worker.kill()

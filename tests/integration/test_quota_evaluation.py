@@ -555,10 +555,17 @@ def test_the_operator_sets_up_quota_topics_and_worker_identity_and_counts_subjec
     deployment = resources.deployment(worker_identity)
     assert deployment.spec.template.spec.service_account_name == worker_identity
 
-    # The worker's quota file is the operator's ConfigMap, as the kubelet would mount it.
-    configmap = resources.core.read_namespaced_config_map(f"{worker_identity}-quotas", namespace)
+    # The worker's quota file is the operator's ConfigMap, as the kubelet would mount it (once
+    # it holds the Quota: Ready and the ConfigMap are written by separate reconciles).
+    def quotas_json() -> str | None:
+        configmap = resources.core.read_namespaced_config_map(
+            f"{worker_identity}-quotas", namespace
+        )
+        content = (configmap.data or {}).get("quotas.json", "")
+        return content if '"daily"' in content else None
+
     harness = Harness(meter, tmp_path / "quotas.json", Clock(datetime.now(UTC)), tmp_path)
-    harness.quota_file.write_text(configmap.data["quotas.json"])
+    harness.quota_file.write_text(eventually(quotas_json, what="the Quota in its ConfigMap"))
     try:
         harness.start_worker()
         harness.send("over", 10)
@@ -581,7 +588,7 @@ def test_a_worker_counts_without_the_quota_topics_and_evaluates_once_they_exist(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     meter = CountMeter(kafka_bootstrap, namespace=f"q{uuid.uuid4().hex[:10]}")
-    Meter.create_topics(meter)  # the Meter's topics only, as before an upgrade
+    meter.create_topics(with_quota_topics=False)  # as before an upgrade
     harness = Harness(meter, tmp_path / "quotas.json", Clock(NOON), tmp_path)
     try:
         harness.write_quotas(quota("late", 5))

@@ -82,14 +82,15 @@ class Meter:
     def group(self) -> str:
         return topics.meter_consumer_group(self.namespace, self.name)
 
-    def create_topics(self) -> None:
+    def create_topics(self, *, with_quota_topics: bool = True) -> None:
         """The Meter's topics and its namespace's quota topics, as the operator creates them."""
         layout = TopicLayout(self.partitions, 1, int(RETENTION.total_seconds() * 1000))
 
         async def create() -> None:
             async with KafkaAdmin(KafkaSettings(self.bootstrap)) as admin:
                 await reconcile_topics(admin, meter_topics(self.namespace, self.name, layout, []))
-                await reconcile_topics(admin, quota_topics(self.namespace, layout, []))
+                if with_quota_topics:
+                    await reconcile_topics(admin, quota_topics(self.namespace, layout, []))
 
         asyncio.run(create())
 

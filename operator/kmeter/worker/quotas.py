@@ -180,6 +180,11 @@ def _entry(name: str, generation: int, raw: Any, meter_name: str, meter: MeterSp
         else RateLimitPolicy(rate.requests, rate.per_seconds, rate.burst or rate.requests),
         subjects=None if rule.all_subjects else rule.names,
         counts_requests=meter.aggregation is Aggregation.COUNT and not rule.filter_group_by,
+        sums_value=meter.value_property.expression
+        if meter.aggregation is Aggregation.SUM
+        and meter.value_property is not None
+        and not rule.filter_group_by
+        else None,
     )
     hook = spec.webhook
     webhook = None

@@ -229,32 +229,33 @@ def test_without_counts_requests_the_sidecar_waits_for_decisions() -> None:
     assert all(refused(table.check("c1")) is None for _ in range(150))
 
 
-actions = st.lists(
-    st.one_of(
-        st.just(("request", 0)),
-        st.just(("evaluate", 0)),  # the worker snapshots the true usage into a decision
-        st.just(("deliver", 0)),  # the oldest evaluated decision reaches the sidecar
-        st.tuples(st.just("elsewhere"), st.integers(1, 30)),  # usage through other replicas
-    ),
-    max_size=300,
-)
+def steps_of(values: st.SearchStrategy[int]) -> st.SearchStrategy[list[tuple[str, int]]]:
+    return st.lists(
+        st.one_of(
+            st.tuples(st.just("request"), values),  # admitted? then its event has this value
+            st.just(("evaluate", 0)),  # the worker snapshots the true usage into a decision
+            st.just(("deliver", 0)),  # the oldest evaluated decision reaches the sidecar
+            st.tuples(st.just("elsewhere"), st.integers(1, 60)),  # usage via other replicas
+        ),
+        max_size=250,
+    )
 
 
-@settings(max_examples=200, deadline=None)
-@given(limit=st.integers(1, 120), steps=actions)
-def test_local_counting_never_refuses_a_subject_truly_under_its_limit(
-    limit: int, steps: list[tuple[str, int]]
-) -> None:
-    table = table_with(policy(counts_requests=True, limit=Decimal(limit)))
-    true_usage = 0
+def drive(
+    table: QuotaTable, limit: int, steps: list[tuple[str, int]], *, sums: bool
+) -> tuple[bool, int]:
+    """Play ``steps`` against ``table``, checking that no request is refused while the true usage
+    is under ``limit``: whether the sidecar was alone (no usage elsewhere), and how many
+    requests it admitted."""
+    true_usage = admitted = 0
     evaluated: list[int] = []
-    only_here = True
-    admitted = 0
+    alone = True
     for action, amount in steps:
         if action == "request":
-            verdict = table.check("c1")
-            if refused(verdict) is None:
-                true_usage += 1
+            if refused(table.check("c1")) is None:
+                if sums:
+                    table.record("c1", tokens(amount))
+                true_usage += amount
                 admitted += 1
             else:
                 assert true_usage >= limit, "refused while truly under the limit"
@@ -264,10 +265,82 @@ def test_local_counting_never_refuses_a_subject_truly_under_its_limit(
             send(table, decision(evaluated.pop(0), limit=Decimal(limit)))
         elif action == "elsewhere":
             true_usage += amount
-            only_here = False
-    if only_here:
+            alone = False
+    if alone and true_usage >= limit:  # alone, it stops as soon as the usage reaches the limit
+        assert refused(table.check("c1")) == "quota"
+    return alone, admitted
+
+
+@settings(max_examples=200, deadline=None)
+@given(limit=st.integers(1, 120), steps=steps_of(st.just(1)))
+def test_local_counting_never_refuses_a_subject_truly_under_its_limit(
+    limit: int, steps: list[tuple[str, int]]
+) -> None:
+    table = table_with(policy(counts_requests=True, limit=Decimal(limit)))
+    alone, admitted = drive(table, limit, steps, sums=False)
+    if alone:
         requests = sum(1 for action, _ in steps if action == "request")
         assert admitted == min(requests, limit), "alone, the sidecar stops exactly at the limit"
+
+
+TOKENS = "$.usage.total_tokens"
+
+
+def tokens(count: object) -> dict[str, object]:
+    """The data of an event the sidecar emits, with the value it read from the response."""
+    return {"method": "POST", "route": "/v1/chat", "usage": {"total_tokens": count}}
+
+
+def test_a_summing_quota_adds_the_values_of_the_events_it_emits_until_the_next_decision() -> None:
+    table = table_with(policy(sums_value=TOKENS))
+    for _ in range(3):
+        assert refused(table.check("c1")) is None
+        table.record("c1", tokens(30))
+    assert refused(table.check("c1")) is None  # 90 of 100
+    table.record("c1", tokens(30))
+    verdict = table.check("c1")
+    assert refused(verdict) == "quota"
+    assert verdict is not None
+    assert verdict.refusal is not None
+    assert "used 120 of its limit of 100" in verdict.refusal.detail
+
+
+def test_a_late_decision_below_the_local_sum_does_not_unblock_and_a_higher_one_wins() -> None:
+    table = table_with(policy(sums_value=TOKENS))
+    table.record("c1", tokens(60))
+    send(table, decision(20))  # evaluated before most of those tokens reached the worker
+    assert refused(table.check("c1")) is None  # max(20, 60) = 60
+    table.record("c1", tokens(30))  # 90
+    send(table, decision(95))  # other replicas' usage too: 95 > 90
+    assert refused(table.check("c1")) is None
+    table.record("c1", tokens(5))
+    assert refused(table.check("c1")) == "quota"
+
+
+@pytest.mark.parametrize("value", [None, "many", {"n": 1}, -40, 0])
+def test_values_that_are_not_positive_numbers_add_nothing_locally(value: object) -> None:
+    table = table_with(policy(sums_value=TOKENS, limit=Decimal(10)))
+    table.record("c1", tokens(value))
+    table.record("c1", {"method": "GET"})  # no usage at all
+    assert refused(table.check("c1")) is None
+    table.record("c1", tokens("10"))  # a numeric string counts, as in the worker
+    assert refused(table.check("c1")) == "quota"
+
+
+def test_a_notify_quota_and_one_without_sums_value_wait_for_decisions() -> None:
+    for quota in (policy(sums_value=TOKENS, enforcement="Notify"), policy()):
+        table = table_with(quota)
+        table.record("c1", tokens(500))
+        assert refused(table.check("c1")) is None
+        assert not table.summing
+
+
+@settings(max_examples=200, deadline=None)
+@given(limit=st.integers(1, 500), steps=steps_of(st.integers(0, 40)))
+def test_local_summing_never_refuses_a_subject_truly_under_its_limit(
+    limit: int, steps: list[tuple[str, int]]
+) -> None:
+    drive(table_with(policy(sums_value=TOKENS, limit=Decimal(limit))), limit, steps, sums=True)
 
 
 # --- rate limits ----------------------------------------------------------------------------
@@ -374,18 +447,24 @@ def test_sweeping_drops_ended_periods_and_full_buckets() -> None:
 @given(
     subjects=st.none() | st.frozensets(st.text(max_size=12), max_size=4),
     counts=st.booleans(),
+    summed=st.none() | st.sampled_from([TOKENS, "$['usage']['input tokens']"]),
     overrides=st.dictionaries(st.text(max_size=8), st.integers(1, 10**9).map(Decimal), max_size=3),
 )
 def test_a_policy_reads_back_as_written_with_the_fields_added_for_enforcement(
-    subjects: frozenset[str] | None, counts: bool, overrides: dict[str, Decimal]
+    subjects: frozenset[str] | None,
+    counts: bool,
+    summed: str | None,
+    overrides: dict[str, Decimal],
 ) -> None:
-    written = policy(subjects=subjects, counts_requests=counts, overrides=overrides)
+    written = policy(
+        subjects=subjects, counts_requests=counts, sums_value=summed, overrides=overrides
+    )
     assert decode_policy(encode_policy(written)) == written
 
 
 def test_a_policy_from_a_writer_without_the_added_fields_covers_all_and_counts_nothing() -> None:
     document = orjson.loads(encode_policy(policy(subjects=frozenset({"a"}), counts_requests=True)))
-    del document["subjects"], document["countsRequests"]
+    del document["subjects"], document["countsRequests"], document["sumsValue"]
     older = decode_policy(orjson.dumps(document))
-    assert (older.subjects, older.counts_requests) == (None, False)
+    assert (older.subjects, older.counts_requests, older.sums_value) == (None, False, None)
     assert older.applies_to("anyone")
