@@ -233,11 +233,14 @@ def main() -> None:
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             raise SystemExit(f"{tool} is missing: apt-get install -y wrk nginx util-linux")
     sys.path.insert(0, str(REPO / "operator"))
-    from kmeter.topics import ingest_topic  # noqa: PLC0415
+    from kmeter.topics import ingest_topic, quota_decisions_topic  # noqa: PLC0415
 
     bootstrap = kafka_bootstrap()
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
+    # The namespace's ingest and quota decisions topics, as the operator creates them: without
+    # the decisions topic the sidecar would keep looking for it (fail open) during the runs.
     asyncio.run(create_topic(bootstrap, ingest_topic(namespace)))
+    asyncio.run(create_topic(bootstrap, quota_decisions_topic(namespace)))
 
     processes: list[subprocess.Popen[bytes]] = []
     results: dict[str, Any] = {}

@@ -251,9 +251,26 @@ class Emitter:
         return True
 
     async def _produce(self, producer: Any, records: Sequence[Record]) -> None:
+        """One record batch per partition instead of a ``send`` per event: the per-event cost
+        of ``send`` (a future, the accumulator, a wake-up) was a third of the sidecar's CPU at
+        1,000 requests/s. Partitions are chosen by the producer's own partitioner (as ``send``
+        does), so a subject's events land where every other producer puts them."""
         topic = self.topic
-        send = producer.send
-        futures = [await send(topic, value, key=key) for key, value in records]
+        await producer.partitions_for(topic)  # metadata, as send() waits for it
+        choose = producer._partition  # aiokafka's default partitioner, the one send() uses
+        batches: dict[int, Any] = {}
+        futures = []
+        for key, value in records:
+            partition = choose(topic, None, None, None, key, value)
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = batches[partition] = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+        for partition, batch in batches.items():
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*futures)
 
     def _spill(self, records: Sequence[Record]) -> None:
