@@ -339,11 +339,13 @@ class Receiver:
     """A webhook receiver that answers 500 to the first request and 200 afterwards."""
 
     requests: list[tuple[dict[str, str], bytes, int]] = field(default_factory=list)
+    queries: list[dict[str, str]] = field(default_factory=list)
 
     def app(self) -> web.Application:
         async def hook(request: web.Request) -> web.Response:
             status = 500 if not self.requests else 200
             self.requests.append((dict(request.headers), await request.read(), status))
+            self.queries.append(dict(request.query))
             return web.Response(status=status)
 
         app = web.Application()
@@ -351,12 +353,15 @@ class Receiver:
         return app
 
 
+@pytest.mark.parametrize("url_from", ["quota", "secret"])
 def test_a_webhook_gets_each_crossing_signed_retried_after_a_500_and_the_quota_gets_events(
     kafka_bootstrap: str,
     tmp_path: Path,
     namespace: str,
     testenv: Environment,
     kube_users: KubeUsers,
+    *,
+    url_from: str,
 ) -> None:
     meter = CountMeter(kafka_bootstrap, namespace=namespace)
     meter.create_topics()
@@ -379,15 +384,18 @@ def test_a_webhook_gets_each_crossing_signed_retried_after_a_500_and_the_quota_g
     harness = Harness(meter, tmp_path / "quotas.json", Clock(NOON), tmp_path)
     try:
         with serve_in_thread(receiver.app()) as served:
+            url = f"http://127.0.0.1:{served.port}/hook"
+            where: dict[str, Any] = {"url": url}
+            if url_from == "secret":  # a URL with a credential, mounted like the signing key
+                (tmp_path / "secrets" / "hook-url").mkdir(parents=True)
+                (tmp_path / "secrets" / "hook-url" / "url").write_text(f"{url}?token=s3cret\n")
+                where = {"urlSecretRef": {"name": "hook-url", "key": "url"}}
             harness.write_quotas(
                 quota(
                     "hooked",
                     10,
                     notifyAt=[50, 100],
-                    webhook={
-                        "url": f"http://127.0.0.1:{served.port}/hook",
-                        "secretRef": {"name": "hook-signing", "key": "key"},
-                    },
+                    webhook={**where, "secretRef": {"name": "hook-signing", "key": "key"}},
                 )
             )
             harness.start_worker(
@@ -412,6 +420,9 @@ def test_a_webhook_gets_each_crossing_signed_retried_after_a_500_and_the_quota_g
     assert first_status == 500
     retried = [body for headers, body, status in receiver.requests[1:] if body == first_body]
     assert retried, "the notification answered with 500 was sent again, byte for byte"
+    if url_from == "secret":
+        assert all(query == {"token": "s3cret"} for query in receiver.queries)
+        assert "s3cret" not in "".join(worker.log() for worker in harness.workers)
     for headers, body, _ in receiver.requests:
         expected = "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
         assert hmac.compare_digest(headers["X-Kmeter-Signature"], expected)

@@ -82,6 +82,7 @@ JSONPATH = "must be a JSONPath into the event's data"
 GROUP_KEYS = "keys must be names of at most 63 characters"
 RETENTION = "spec.topic.retention must be a positive ISO 8601 duration"
 SUBJECTS = "spec.subjects must set either all: true or a non-empty names list, not both"
+WEBHOOK_URL = "spec.webhook must set either url or urlSecretRef, not both"
 
 METER_REFUSALS = [
     meter(
@@ -354,6 +355,29 @@ QUOTA_REFUSALS = [
         {"webhook": {"url": "https://b.example.com", "secretRef": {"name": "S!", "key": "k"}}},
         "spec.webhook.secretRef.name",
         "spec.webhook.secretRef.name must be the name of a Secret",
+    ),
+    quota(
+        "webhook with a url and a url Secret",
+        {
+            "webhook": {
+                "url": "https://b.example.com",
+                "urlSecretRef": {"name": "hook", "key": "url"},
+            }
+        },
+        "spec.webhook",
+        WEBHOOK_URL,
+    ),
+    quota(
+        "webhook without a url",
+        {"webhook": {"secretRef": {"name": "s", "key": "k"}}},
+        "spec.webhook",
+        WEBHOOK_URL,
+    ),
+    quota(
+        "webhook url secret key with a slash",
+        {"webhook": {"urlSecretRef": {"name": "hook", "key": "a/b"}}},
+        "spec.webhook.urlSecretRef.key",
+        "spec.webhook.urlSecretRef.key must be a key of a Secret",
     ),
     quota(
         "meterRef not a name",

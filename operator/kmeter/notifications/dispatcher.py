@@ -155,9 +155,28 @@ class Dispatcher:
                 return None
             return self.secrets.key(secret_name, secret_key)
 
+        def url() -> str:
+            if hook.url is not None:
+                return hook.url
+            assert hook.url_secret_name is not None
+            assert hook.url_secret_key is not None
+            return self.secrets.url(hook.url_secret_name, hook.url_secret_key)
+
+        target = (
+            f"webhook {hook.url}"
+            if hook.url is not None
+            else f"webhook of Quota {notification.get('quota')} (URL in Secret "
+            f"{hook.url_secret_name}/{hook.url_secret_key})"
+        )
         body = value or b""
         delivered = await webhook.deliver(
-            session, hook.url, body, delivery=str(notification["id"]), key=key, waits=self.waits
+            session,
+            url,
+            body,
+            delivery=str(notification["id"]),
+            key=key,
+            waits=self.waits,
+            target=target,
         )
         self.delivered.labels("webhook", "delivered" if delivered else "failed").inc()
 

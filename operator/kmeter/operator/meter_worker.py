@@ -9,11 +9,12 @@ edit does not restart it. Both objects are owned by the Meter (``ownerReferences
 The worker runs under a ServiceAccount of its own (:func:`worker_service_account`), bound by a
 RoleBinding to a Role in the Meter's namespace (:func:`worker_role`) that allows exactly what
 quota notifications need: ``create`` and ``patch`` on Events (the Event on a Quota when a
-``notifyAt`` threshold is crossed). Webhook signing keys (``spec.webhook.secretRef`` of the
-Quotas) are not read through the API — that would need ``get`` on Secrets — but mounted by the
-kubelet as optional Secret volumes at :data:`SECRETS_DIR` ``/<secret>`` (:func:`webhook_secrets`);
-a Secret of another namespace cannot be named at all. Mounting a newly referenced Secret
-changes the pod template, so the workers roll (at the Meter's next reconcile).
+``notifyAt`` threshold is crossed). Webhook signing keys and URLs (``spec.webhook.secretRef``
+and ``urlSecretRef`` of the Quotas) are not read through the API — that would need ``get`` on
+Secrets — but mounted by the kubelet as optional Secret volumes at :data:`SECRETS_DIR`
+``/<secret>`` (:func:`webhook_secrets`); a Secret of another namespace cannot be named at all.
+Mounting a newly referenced Secret changes the pod template, so the workers roll (at the
+Meter's next reconcile).
 
 Label values are capped at 63 characters; a longer Meter name is cut and suffixed with a
 hash, so labels stay unique per Meter.
@@ -53,13 +54,15 @@ def worker_name(meter: str) -> str:
 
 
 def webhook_secrets(quotas: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The Secrets the Quotas' webhooks are signed with, sorted, once each."""
+    """The Secrets the Quotas' webhooks are signed with or take their URL from, sorted, once
+    each."""
     found = set()
     for quota in quotas:
         webhook = (quota.get("spec") or {}).get("webhook") or {}
-        secret = (webhook.get("secretRef") or {}).get("name")
-        if isinstance(secret, str) and secret:
-            found.add(secret)
+        for ref in ("secretRef", "urlSecretRef"):  # the signing key, the URL
+            secret = (webhook.get(ref) or {}).get("name")
+            if isinstance(secret, str) and secret:
+                found.add(secret)
     return sorted(found)
 
 

@@ -266,29 +266,65 @@ class SecretKeyRef(KubeModel):
     ] = Field(description="The key in the Secret whose value is the signing key.")
 
 
+class UrlSecretKeyRef(KubeModel):
+    """A key of a Secret in the quota's namespace whose value is the webhook's URL."""
+
+    name: Annotated[
+        str, Field(max_length=253), _named("spec.webhook.urlSecretRef.name", "Secret")
+    ] = Field(description="The Secret's name.")
+    key: Annotated[
+        str,
+        Field(max_length=253),
+        _matches(
+            "spec.webhook.urlSecretRef.key",
+            SECRET_KEY_PATTERN,
+            "a key of a Secret: letters, digits, -, _ and .",
+        ),
+    ] = Field(description="The key in the Secret whose value is the URL.")
+
+
 class Webhook(KubeModel):
     """Where notifications are POSTed: each threshold crossing, as JSON."""
 
-    url: Annotated[
-        str,
-        Field(max_length=2048),
-        _matches(
-            "spec.webhook.url",
-            WEBHOOK_URL_PATTERN,
-            "an http or https URL without credentials or spaces, such as "
-            "https://billing.example.com/hooks/kmeter",
-        ),
-    ] = Field(
+    url: (
+        Annotated[
+            str,
+            Field(max_length=2048),
+            _matches(
+                "spec.webhook.url",
+                WEBHOOK_URL_PATTERN,
+                "an http or https URL without credentials or spaces, such as "
+                "https://billing.example.com/hooks/kmeter",
+            ),
+        ]
+        | None
+    ) = Field(
+        default=None,
         description=(
             "The URL notifications are POSTed to. Use https outside the cluster; plain http "
-            "suits a Service in the cluster."
-        )
+            "suits a Service in the cluster. Set either url or urlSecretRef."
+        ),
+    )
+    url_secret_ref: UrlSecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "The Secret key whose value is the URL, for a URL that carries a credential (a "
+            "token in its path or query). Set either url or urlSecretRef."
+        ),
     )
     secret_ref: SecretKeyRef | None = Field(
         default=None,
         description=(
             "The Secret key whose value signs each notification (HMAC-SHA256 of the body), so "
             "the receiver can check it came from kmeter. Recommended."
+        ),
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            rule="has(self.url) != has(self.urlSecretRef)",
+            message="spec.webhook must set either url or urlSecretRef, not both",
+            check=lambda hook: (hook.url is None) != (hook.url_secret_ref is None),
         ),
     )
 

@@ -91,11 +91,14 @@ def clock_offset(environ: Mapping[str, str]) -> timedelta:
 
 @dataclass(frozen=True)
 class Webhook:
-    """Where a Quota's notifications are POSTed, and the Secret key that signs them."""
+    """Where a Quota's notifications are POSTed — ``url``, or the Secret key that holds it — and
+    the Secret key that signs them. Secrets are read from the files the operator mounts."""
 
-    url: str
+    url: str | None
     secret_name: str | None = None
     secret_key: str | None = None
+    url_secret_name: str | None = None
+    url_secret_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -189,11 +192,13 @@ def _entry(name: str, generation: int, raw: Any, meter_name: str, meter: MeterSp
     hook = spec.webhook
     webhook = None
     if hook is not None:
-        secret = hook.secret_ref
+        secret, url_secret = hook.secret_ref, hook.url_secret_ref
         webhook = Webhook(
             hook.url,
             None if secret is None else secret.name,
             None if secret is None else secret.key,
+            None if url_secret is None else url_secret.name,
+            None if url_secret is None else url_secret.key,
         )
     return QuotaEntry(rule, policy, webhook)
 
