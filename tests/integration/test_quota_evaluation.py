@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kubernetes import client
 from tests.integration.test_worker_pipeline import (
     Meter,
@@ -40,13 +41,13 @@ from tests.support.api import (
     write_tokens,
 )
 from tests.support.http import serve_in_thread
-from tests.support.kafka import describe_topic
+from tests.support.kafka import describe_topic, seen_by_kafka
 from tests.support.kube import Environment, KubeUsers
 from tests.support.operator import Resources, eventually
 
 from kmeter import decisions, topics
 from kmeter.api import openapi
-from kmeter.decisions import QuotaPolicy, SubjectDecision
+from kmeter.decisions import QuotaPolicy, SubjectDecision, policy_key
 from kmeter.operator.meter_worker import worker_role
 
 EVENT_TYPE = "api.request"
@@ -636,3 +637,73 @@ def test_thresholds_fire_exactly_once_per_subject_across_a_rebalance_and_a_sigki
         assert harness.decision("shared", subject, used=Decimal(10)).blocked
     fired = sorted((n["subject"], n["threshold"]) for n in harness.notifications())
     assert fired == sorted((subject, t) for subject in subjects for t in (50, 100))
+
+
+async def _latest_values(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
+    """The latest committed value of every key of ``topic`` (None: a tombstone)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        seen = await seen_by_kafka(bootstrap, topic)
+        assert seen is not None
+        partitions = [TopicPartition(topic, p) for p in range(seen.partitions)]
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        latest: dict[bytes, bytes | None] = {}
+
+        async def behind() -> bool:
+            return any([await consumer.position(p) < end for p, end in ends.items()])
+
+        while await behind():
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    assert record.key is not None
+                    latest[record.key] = record.value
+        return latest
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.usefixtures("operator")
+def test_deleting_a_meter_withdraws_its_quotas_policies_from_the_sidecars(
+    kafka_bootstrap: str, testenv: Environment, namespace: str
+) -> None:
+    resources = Resources(testenv.api_client(), namespace)
+    meter = CountMeter(kafka_bootstrap, namespace=namespace)
+    resources.create("meters", meter.name, meter.spec)
+    spec = {
+        "meterRef": {"name": meter.name},
+        "limit": 5,
+        "period": {"every": "DAY"},
+        "rateLimit": {"requests": 1, "per": "1s"},
+    }
+    resources.create("quotas", "capped", spec)
+    eventually(lambda: resources.ready("quotas", "capped"), timeout=60, what="Quota Ready")
+    topic = topics.quota_decisions_topic(namespace)
+    # The policy as the Meter's worker writes it (no kubelet runs the worker here).
+    asyncio.run(_produce(kafka_bootstrap, topic, policy_key("capped"), b'{"kind": "policy"}'))
+    resources.delete("meters", meter.name)
+    eventually(lambda: resources.gone("meters", meter.name), timeout=60, what="Meter deleted")
+    latest = asyncio.run(_latest_values(kafka_bootstrap, topic))
+    assert latest[policy_key("capped")] is None, "the policy is tombstoned"
+    eventually(
+        lambda: (
+            (resources.condition("quotas", "capped", "MeterFound") or {}).get("status") == "False"
+        ),
+        timeout=60,
+        what="the Quota, which stays, reports its Meter missing",
+    )
+
+
+async def _produce(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()

@@ -28,13 +28,14 @@ from typing import Any
 
 import kopf
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
 from kmeter.api.quotas import QuotaBook, QuotaMaterializer
 from kmeter.kafka.admin import KafkaAdmin, KafkaAdminError
 from kmeter.kube.client import KubeClient
 from kmeter.operator import metrics
 from kmeter.operator.conditions import merge_conditions, transitions
-from kmeter.operator.meter_delete import delete_meter
+from kmeter.operator.meter_delete import delete_meter, withdraw_policies
 from kmeter.operator.meter_reconcile import (
     apply_quotas,
     apply_worker,
@@ -194,16 +195,32 @@ async def meter_reconcile(
     metrics.RECONCILES.labels("Meter", "ok").inc()
 
 
-async def meter_deleted(*, body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+async def meter_deleted(
+    *,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    retry: int,
+    quota_configs: kopf.Index[Any, Any],
+    **_: Any,
+) -> None:
     state = _state(memo)
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    quotas = [config["name"] for config in quota_configs.get((namespace, name), [])]
     try:
         deleted = await delete_meter(body, kafka=state.kafka)
+        withdrawn = await withdraw_policies(state.kafka, namespace, quotas)
     except KafkaAdminError as error:
         # Kafka unreachable, or the group still has members (workers shutting down).
         kopf.warn(body, reason=error.reason, message=f"deletion waits: {error}")
         raise kopf.TemporaryError(str(error), delay=retry_delay(retry)) from error
+    except (KafkaError, OSError, TimeoutError) as error:
+        message = f"deletion waits: the Quotas' policies cannot be withdrawn: {error!r}"
+        kopf.warn(body, reason="KafkaUnavailable", message=message)
+        raise kopf.TemporaryError(message, delay=retry_delay(retry)) from error
     if deleted:
-        log.info("Meter %s deleted its topics: %s", body["metadata"]["name"], deleted)
+        log.info("Meter %s deleted its topics: %s", name, deleted)
+    if withdrawn:
+        log.info("Meter %s withdrew the policies of its %d Quota(s)", name, withdrawn)
 
 
 async def worker_deleted(
@@ -310,7 +327,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         kopf.on.create(*resource, registry=registry)(_any(reconcile))
         kopf.on.update(*resource, registry=registry)(_any(reconcile))
         kopf.timer(*resource, interval=settings.resync_seconds, registry=registry)(_any(reconcile))
-    kopf.on.delete(*METERS, registry=registry)(meter_deleted)
+    kopf.on.delete(*METERS, registry=registry)(_any(meter_deleted))
     kopf.on.event("apps", "v1", "deployments", labels=MANAGED_DEPLOYMENTS, registry=registry)(
         _any(worker_deleted)
     )
