@@ -103,6 +103,7 @@ class Sidecar:
             )
         self.connections: set[ClientConnection] = set()
         self.draining = False
+        self.listening = False  # the proxy port is open (ready only then)
         self.all_closed = asyncio.Event()  # set when the last connection closes while draining
         self.metrics.watch(self.metrics.connections, lambda: len(self.connections))
 
@@ -135,6 +136,8 @@ class Sidecar:
             return "draining"
         if self.decisions is not None and not self.decisions.settled:
             return "loading quota decisions"
+        if not self.listening:  # decisions loaded, the proxy port about to open
+            return "starting"
         return None
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -162,6 +165,7 @@ class Sidecar:
             backlog=2048,
             reuse_address=True,
         )
+        self.listening = True
         sweeper = asyncio.create_task(self._sweeper())
         log.info(
             "kmeter-sidecar listening on %s:%d, proxying to %s; events to %s (%s); admin on :%d",
