@@ -48,6 +48,33 @@ def _items(document: Any, key: str | None) -> list[dict[str, Any]]:
     return [item for item in items or [] if isinstance(item, dict)]
 
 
+def _show(
+    resource: str,
+    key: str | None,
+    output: Output,
+    *,
+    namespace: str | None,
+    api_url: str,
+    token: str | None,
+) -> None:
+    """``kmeter <resource>``: GET it from the usage API, print it as JSON or as a table."""
+    if output is Output.CSV:
+        fail(resource, "--output: choose table or json", 2)
+    body = run(resource, _get(api_url, token, api_path(namespace, resource)))
+    if output is Output.JSON:
+        _print_json(body)
+        return
+    from kmeter.commands import render  # noqa: PLC0415 - rich only when a table is printed
+
+    found = _items(render.parse_exact(body), key)
+    out = render.console()
+    if not found:
+        out.print(f"No {resource.capitalize()}.")
+        return
+    table = render.meters_table if resource == "meters" else render.quotas_table
+    out.print(table(found))
+
+
 def meters(
     output: OutputOption = Output.TABLE,
     namespace: Namespace = None,
@@ -55,20 +82,7 @@ def meters(
     token: Token = None,
 ) -> None:
     """List the Meters: event type, aggregation, value, groups, window."""
-    if output is Output.CSV:
-        fail("meters", "--output: choose table or json", 2)
-    body = run("meters", _get(api_url, token, api_path(namespace, "meters")))
-    if output is Output.JSON:
-        _print_json(body)
-        return
-    from kmeter.commands import render  # noqa: PLC0415 - rich only when a table is printed
-
-    found = _items(render.parse_exact(body), None)
-    out = render.console()
-    if not found:
-        out.print("No Meters.")
-        return
-    out.print(render.meters_table(found))
+    _show("meters", None, output, namespace=namespace, api_url=api_url, token=token)
 
 
 def quotas(
@@ -78,17 +92,4 @@ def quotas(
     token: Token = None,
 ) -> None:
     """List the Quotas: limit, period, enforcement, and how many subjects are over or near."""
-    if output is Output.CSV:
-        fail("quotas", "--output: choose table or json", 2)
-    body = run("quotas", _get(api_url, token, api_path(namespace, "quotas")))
-    if output is Output.JSON:
-        _print_json(body)
-        return
-    from kmeter.commands import render  # noqa: PLC0415 - rich only when a table is printed
-
-    found = _items(render.parse_exact(body), "items")
-    out = render.console()
-    if not found:
-        out.print("No Quotas.")
-        return
-    out.print(render.quotas_table(found))
+    _show("quotas", "items", output, namespace=namespace, api_url=api_url, token=token)
