@@ -530,7 +530,8 @@ class QuotaTable:
             usage = self._standing(quota, subject, now).usage
             if usage is not None:
                 usage.count += value
-            elif len(quota.usage) < self.max_subjects:
+            elif subject not in quota.usage and len(quota.usage) < self.max_subjects:
+                # (a subject still in quota.usage holds a decision of a period not begun here)
                 start, end = quota.period(now)
                 quota.usage[subject] = _Usage(start, end, ZERO, value, None)
 

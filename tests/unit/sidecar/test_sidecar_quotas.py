@@ -229,6 +229,18 @@ def test_without_counts_requests_the_sidecar_waits_for_decisions() -> None:
     assert all(refused(table.check("c1")) is None for _ in range(150))
 
 
+def test_a_decision_of_the_next_period_is_kept_while_this_one_is_summed_locally() -> None:
+    clock = Clock(wall_seconds=(DAY_END - timedelta(seconds=1)).timestamp())  # 23:59:59
+    tomorrow = decision(
+        120, period_start=DAY_END, period_end=DAY_END + timedelta(days=1)
+    )  # the worker's clock is a little ahead
+    table = table_with(policy(sums_value=TOKENS), tomorrow, clock=clock)
+    table.record("c1", tokens(30))  # today's usage, counted here
+    assert refused(table.check("c1")) is None
+    clock.wall_seconds += 2  # tomorrow: its decision applies
+    assert refused(table.check("c1")) == "quota"
+
+
 def steps_of(values: st.SearchStrategy[int]) -> st.SearchStrategy[list[tuple[str, int]]]:
     return st.lists(
         st.one_of(
