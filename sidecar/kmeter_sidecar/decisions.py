@@ -57,6 +57,7 @@ PARTITION_CHECK_SECONDS: Final = 30.0
 MISSING_GRACE_SECONDS: Final = 1.0
 """A topic missing for this long at start is taken as missing (not as metadata in transit)."""
 SWEEP_SECONDS: Final = 10.0
+CLOSE_TIMEOUT_SECONDS: Final = 10.0
 MALFORMED_LOGGED: Final = 20
 _REQUEST_TIMEOUT_MS: Final = 10_000
 
@@ -85,6 +86,7 @@ class DecisionsFollower:
         self._start_timeout = start_timeout
         self._retry_interval = retry_interval
         self._task: asyncio.Task[None] | None = None
+        self._closing = False  # the loops end on it too: a swallowed cancellation cannot hang
         self._loaded = asyncio.Event()
         self._known = asyncio.Event()  # loaded, or known to be missing: no need to wait longer
         self.settled = False
@@ -115,10 +117,16 @@ class DecisionsFollower:
             self._give_up_waiting()
 
     async def close(self) -> None:
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded: on Python 3.11, asyncio.wait_for can swallow a cancellation that races
+            # its inner call; the loops then stop at their next turn on ``_closing``.
+            done, _ = await asyncio.wait({self._task}, timeout=CLOSE_TIMEOUT_SECONDS)
+            if not done:
+                log.warning(
+                    "the decisions follower did not stop within %s s", CLOSE_TIMEOUT_SECONDS
+                )
 
     def _give_up_waiting(self) -> None:
         reason = self.unavailable or f"Kafka at {self._bootstrap} did not answer in time"
@@ -140,7 +148,7 @@ class DecisionsFollower:
     # --- the background task --------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             consumer = self._consumer()
             try:
                 await asyncio.wait_for(consumer.start(), _REQUEST_TIMEOUT_MS / 1000)
@@ -220,7 +228,7 @@ class DecisionsFollower:
 
     async def _follow(self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:
         checked = time.monotonic()
-        while True:
+        while not self._closing:
             batch = await consumer.getmany(timeout_ms=1000)
             self._apply(batch.values())
             now = time.monotonic()
