@@ -11,7 +11,7 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kmeter.api.encoding import dumps, row_object, rows_csv
+from kmeter.api.encoding import dumps, row_objects, rows_csv
 from kmeter.core.rollup import Row
 
 AT = datetime(2024, 5, 1, tzinfo=UTC)
@@ -34,14 +34,35 @@ def test_a_million_tenths_read_exactly() -> None:
 
 
 def test_rows_have_openmeter_shape_with_utc_times() -> None:
-    row = Row(AT, AT.replace(day=2), None, {"model": None}, Decimal("1.50"))
-    assert json.loads(dumps(row_object(row))) == {
-        "value": 1.5,
-        "windowStart": "2024-05-01T00:00:00Z",
-        "windowEnd": "2024-05-02T00:00:00Z",
-        "subject": None,
-        "groupBy": {"model": None},
-    }
+    end = AT.replace(day=2)
+    rows = [
+        Row(AT, end, None, {"model": None}, Decimal("1.50")),
+        Row(AT, end, "acme", {"model": "m"}, Decimal("2")),  # the same window, another value
+        Row(end, AT.replace(day=3), "acme", {"model": "m"}, Decimal("1.5")),
+    ]
+    assert json.loads(dumps(row_objects(rows))) == [
+        {
+            "value": 1.5,
+            "windowStart": "2024-05-01T00:00:00Z",
+            "windowEnd": "2024-05-02T00:00:00Z",
+            "subject": None,
+            "groupBy": {"model": None},
+        },
+        {
+            "value": 2,
+            "windowStart": "2024-05-01T00:00:00Z",
+            "windowEnd": "2024-05-02T00:00:00Z",
+            "subject": "acme",
+            "groupBy": {"model": "m"},
+        },
+        {
+            "value": 1.5,
+            "windowStart": "2024-05-02T00:00:00Z",
+            "windowEnd": "2024-05-03T00:00:00Z",
+            "subject": "acme",
+            "groupBy": {"model": "m"},
+        },
+    ]
 
 
 @given(

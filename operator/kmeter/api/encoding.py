@@ -44,11 +44,6 @@ def dumps(value: object) -> bytes:
     return orjson.dumps(value, default=_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
 
 
-def row_object(row: Row) -> dict[str, Any]:
-    """A query row as OpenMeter's ``MeterQueryRow``."""
-    return row_objects([row])[0]
-
-
 def row_objects(rows: Sequence[Row]) -> list[dict[str, Any]]:
     """Query rows as OpenMeter's ``MeterQueryRow`` objects.
 
