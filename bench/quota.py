@@ -86,7 +86,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def create_topics(bootstrap: str, namespace: str, meter: str) -> None:
-    from kmeter.kafka.admin import KafkaAdmin, KafkaSettings  # noqa: PLC0415
+    from kmeter.kafka.admin import KafkaAdmin  # noqa: PLC0415
+    from kmeter.kafka.settings import KafkaSettings  # noqa: PLC0415
     from kmeter.kafka.topics import reconcile_topics  # noqa: PLC0415
     from kmeter.operator.meter_topics import TopicLayout, meter_topics, quota_topics  # noqa: PLC0415
 

@@ -46,7 +46,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa:
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
 from kmeter import topics  # noqa: E402
-from kmeter.kafka.admin import KafkaAdmin, KafkaSettings  # noqa: E402
+from kmeter.kafka.admin import KafkaAdmin  # noqa: E402
+from kmeter.kafka.settings import KafkaSettings  # noqa: E402
 from kmeter.kafka.topics import reconcile_topics  # noqa: E402
 from kmeter.operator.meter_topics import TopicLayout, meter_topics  # noqa: E402
 from kmeter.worker.settings import DEFAULT_MAX_BATCH  # noqa: E402

@@ -25,11 +25,13 @@ from typing import Final
 
 from kmeter.core.jsonpath import JSONPathError, compile_path
 from kmeter.core.jsonpath import Path as JSONPath
+from kmeter.kafka.settings import KafkaSettings
 from kmeter_sidecar import __version__
 from kmeter_sidecar.subject import SubjectSource, parse_subject_source
 
 ENV_PREFIX: Final = "KMETER_"
 ANONYMOUS: Final = "anonymous"
+KAFKA_REQUEST_TIMEOUT_MS: Final = 10_000
 _VALUE_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RESERVED_VALUE_NAMES: Final = frozenset(
     {"method", "route", "status", "duration_ms", "request_bytes", "response_bytes", "aborted"}
@@ -66,6 +68,12 @@ class Config:
     admin_host: str = "0.0.0.0"
     admin_port: int = 9091
     kafka_bootstrap: str = ""
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = field(default=None, repr=False)
+    kafka_ca_file: str | None = None
+    kafka_credentials_dir: str | None = None
     namespace: str = ""
     pod_name: str = ""
     source: str = ""
@@ -99,6 +107,20 @@ class Config:
     @property
     def upstream(self) -> str:
         return f"{self.upstream_host}:{self.upstream_port}"
+
+    def kafka(self, client_id: str, request_timeout_ms: int) -> KafkaSettings:
+        """How the emitter and the decisions follower connect (validated by the parser)."""
+        return KafkaSettings(
+            bootstrap_servers=self.kafka_bootstrap,
+            client_id=client_id,
+            request_timeout_ms=request_timeout_ms,
+            security_protocol=self.kafka_security_protocol,
+            ssl_cafile=self.kafka_ca_file,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password,
+            credentials_dir=self.kafka_credentials_dir,
+        )
 
 
 def _host_port(flag: str, text: str) -> tuple[str, int]:
@@ -202,6 +224,19 @@ def _parser() -> argparse.ArgumentParser:
     add("--admin-port", "port of /metrics, /healthz and /readyz (default 9091)")
     add("--admin-host", "address of the admin port (default 0.0.0.0)")
     add("--kafka-bootstrap", "Kafka bootstrap servers, HOST:PORT[,HOST:PORT...] (required)")
+    add(
+        "--kafka-security-protocol",
+        "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (default PLAINTEXT)",
+    )
+    add("--kafka-sasl-mechanism", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL_*)")
+    add("--kafka-sasl-username", "SASL username (or from --kafka-credentials-dir)")
+    add("--kafka-sasl-password", "SASL password; prefer the variable or a credentials dir")
+    add("--kafka-ca-file", "CA bundle that signed the brokers' certificates (SSL, SASL_SSL)")
+    add(
+        "--kafka-credentials-dir",
+        "directory with sasl-username, sasl-password and ca.crt, re-read at every connection "
+        "(the injector mounts the namespace's kmeter-kafka Secret there)",
+    )
     add("--namespace", "the pod's namespace: events go to kmeter.<namespace>.events (required)")
     add("--pod-name", "the pod's name, for the event source (default: $HOSTNAME)")
     add("--source", "CloudEvents source (default kmeter-sidecar/<namespace>/<pod>)")
@@ -388,6 +423,21 @@ def _identity(get: Lookup, env: Mapping[str, str], found: dict[str, object]) -> 
     for server in bootstrap[1].split(","):
         _host_port(bootstrap[0], server.strip())
     found["kafka_bootstrap"] = bootstrap[1]
+    for name in (
+        "kafka_security_protocol",
+        "kafka_sasl_mechanism",
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_ca_file",
+        "kafka_credentials_dir",
+    ):
+        given = get(name)
+        if given is not None:
+            found[name] = given[1]
+    try:  # the same checks, and messages, as every other kmeter process
+        Config(**{**_as_kwargs(Config()), **found}).kafka("kmeter-sidecar", 1)  # type: ignore[arg-type]
+    except ValueError as error:
+        raise ConfigError(f"Kafka settings (--kafka-*): {error}") from None
     namespace = get("namespace") or (
         ("POD_NAMESPACE", env["POD_NAMESPACE"]) if env.get("POD_NAMESPACE") else None
     )

@@ -45,6 +45,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from kmeter.decisions import DecisionFormatError
+from kmeter.kafka.settings import KafkaCredentialsMissing, KafkaSettings
 from kmeter.topics import quota_decisions_topic
 from kmeter_sidecar.metrics import Metrics
 from kmeter_sidecar.quotas import QuotaTable
@@ -59,7 +60,6 @@ MISSING_GRACE_SECONDS: Final = 1.0
 SWEEP_SECONDS: Final = 10.0
 CLOSE_TIMEOUT_SECONDS: Final = 10.0
 MALFORMED_LOGGED: Final = 20
-_REQUEST_TIMEOUT_MS: Final = 10_000
 
 
 class _TopicMissing(Exception):
@@ -72,7 +72,7 @@ class DecisionsFollower:
     def __init__(
         self,
         *,
-        bootstrap: str,
+        kafka: KafkaSettings,
         namespace: str,
         table: QuotaTable,
         metrics: Metrics,
@@ -81,7 +81,7 @@ class DecisionsFollower:
     ) -> None:
         self.topic = quota_decisions_topic(namespace)
         self.table = table
-        self._bootstrap = bootstrap
+        self._kafka = kafka
         self._metrics = metrics
         self._start_timeout = start_timeout
         self._retry_interval = retry_interval
@@ -129,7 +129,9 @@ class DecisionsFollower:
                 )
 
     def _give_up_waiting(self) -> None:
-        reason = self.unavailable or f"Kafka at {self._bootstrap} did not answer in time"
+        reason = (
+            self.unavailable or f"Kafka at {self._kafka.bootstrap_servers} did not answer in time"
+        )
         self.unavailable = reason
         self.table.set_unavailable(reason)
         if self.table.fail_closed:
@@ -149,9 +151,14 @@ class DecisionsFollower:
 
     async def _run(self) -> None:
         while not self._closing:
-            consumer = self._consumer()
             try:
-                await asyncio.wait_for(consumer.start(), _REQUEST_TIMEOUT_MS / 1000)
+                consumer = self._consumer()
+            except KafkaCredentialsMissing as error:
+                self._not_available(str(error))
+                await asyncio.sleep(self._retry_interval)
+                continue
+            try:
+                await asyncio.wait_for(consumer.start(), self._kafka.request_timeout_s)
                 partitions = await self._partitions(consumer)
                 await self._load(consumer, partitions)
                 await self._follow(consumer, partitions)
@@ -166,7 +173,8 @@ class DecisionsFollower:
                     await asyncio.sleep(MISSING_GRACE_SECONDS / 4)
                     continue
             except (KafkaError, OSError, TimeoutError) as error:
-                self._not_available(f"Kafka at {self._bootstrap}: {error or type(error).__name__}")
+                where = self._kafka.bootstrap_servers
+                self._not_available(f"Kafka at {where}: {error or type(error).__name__}")
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(consumer.stop(), 5)
@@ -174,14 +182,12 @@ class DecisionsFollower:
 
     def _consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
+            **self._kafka.client_options(),  # re-reads mounted credentials
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
-            request_timeout_ms=_REQUEST_TIMEOUT_MS,
             fetch_max_wait_ms=200,
-            client_id="kmeter-sidecar-decisions",
         )
 
     async def _partition_ids(self, consumer: AIOKafkaConsumer) -> set[int]:

@@ -39,6 +39,7 @@ from typing import Any, Final
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from kmeter.kafka.settings import KafkaCredentialsMissing, KafkaSettings
 from kmeter.topics import ingest_topic
 from kmeter_sidecar.metrics import Metrics
 from kmeter_sidecar.spool import Spool
@@ -49,7 +50,6 @@ log = logging.getLogger("kmeter_sidecar.emitter")
 
 SEND_TIMEOUT: Final = 15.0
 """Seconds a batch may wait for its acknowledgements before it is spooled."""
-_REQUEST_TIMEOUT_MS: Final = 10_000
 _REPLAY_CHUNK: Final = 2_000
 _CLOSE_TASKS_TIMEOUT: Final = 10.0
 
@@ -62,7 +62,7 @@ class Emitter:
     def __init__(
         self,
         *,
-        bootstrap: str,
+        kafka: KafkaSettings,
         namespace: str,
         spool: Spool,
         metrics: Metrics,
@@ -72,7 +72,7 @@ class Emitter:
         retry_interval: float = 2.0,
     ) -> None:
         self.topic = ingest_topic(namespace)
-        self._bootstrap = bootstrap
+        self._kafka = kafka
         self._spool = spool
         self._metrics = metrics
         self._queue: collections.deque[Record] = collections.deque()
@@ -85,6 +85,7 @@ class Emitter:
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight: list[Record] = []
         self._closing = False
+        self._credentials_problem = ""  # logged once per distinct problem
         self._sending_lock = asyncio.Lock()
         metrics.watch(metrics.queue_depth, lambda: len(self._queue) + len(self._in_flight))
         metrics.watch(metrics.spool_bytes, lambda: self._spool.size_bytes)
@@ -185,10 +186,18 @@ class Emitter:
             if self._producer is None:
                 try:
                     await self._connect()
+                except KafkaCredentialsMissing as error:
+                    # Like an outage (events spool), but only a person can end it: say so.
+                    if str(error) != self._credentials_problem:
+                        log.error("%s; spooling events until they are there", error)
+                    self._credentials_problem = str(error)
+                    await asyncio.sleep(self._retry_interval)
+                    continue
                 except (KafkaError, OSError, TimeoutError) as error:
                     log.debug("Kafka not reachable yet: %s", error)
                     await asyncio.sleep(self._retry_interval)
                     continue
+                self._credentials_problem = ""
             if self._spool.records_pending and await self._replay_once(SEND_TIMEOUT):
                 continue
             await asyncio.sleep(self._retry_interval if self._spool.records_pending else 0.5)
@@ -210,23 +219,26 @@ class Emitter:
 
     async def _connect(self) -> None:
         producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap,
+            **self._kafka.client_options(),  # re-reads mounted credentials
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
-            request_timeout_ms=_REQUEST_TIMEOUT_MS,
             max_batch_size=1 << 20,
             compression_type=None,
-            client_id="kmeter-sidecar",
         )
         try:
-            await asyncio.wait_for(producer.start(), _REQUEST_TIMEOUT_MS / 1000)
+            await asyncio.wait_for(producer.start(), self._kafka.request_timeout_s)
         except BaseException:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.stop(), 2)
             raise
         self._producer = producer
-        log.info("connected to Kafka at %s, producing to %s", self._bootstrap, self.topic)
+        log.info(
+            "connected to Kafka at %s (%s), producing to %s",
+            self._kafka.bootstrap_servers,
+            self._kafka.security_protocol,
+            self.topic,
+        )
 
     async def _disconnect(self) -> None:
         producer, self._producer = self._producer, None

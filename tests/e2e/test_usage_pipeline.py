@@ -8,8 +8,6 @@ them (topics from ``meter_topics``, the worker's ``KMETER_METER``), as a custome
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import urllib.parse
 import urllib.request
@@ -27,8 +25,9 @@ from tests.support.api import (
     write_manifests,
     write_tokens,
 )
-from tests.support.http import serve_in_thread
+from tests.support.http import answers, get, serve_in_thread
 from tests.support.operator import eventually, free_port
+from tests.support.processes import Running
 
 BIN = Path(sys.executable).parent
 TOKEN = "e2e-token"
@@ -45,33 +44,6 @@ def upstream() -> Iterator[int]:
     app.router.add_route("*", "/{tail:.*}", answer)
     with serve_in_thread(app) as served:
         yield served.port
-
-
-class Running:
-    """Subprocesses to stop at the end of the test."""
-
-    def __init__(self) -> None:
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def start(self, command: list[str], log: Path, **env: str) -> subprocess.Popen[bytes]:
-        with log.open("wb") as output:
-            process = subprocess.Popen(
-                command, env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT
-            )
-        self.processes.append(process)
-        return process
-
-    def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.terminate()
-                process.wait(60)
-
-
-def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, headers=headers or {})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return response.status, response.read()
 
 
 def test_requests_through_the_sidecar_are_counted_once_each_and_queryable_per_customer(
@@ -119,7 +91,7 @@ def test_requests_through_the_sidecar_are_counted_once_each_and_queryable_per_cu
         api.start()
 
         eventually(
-            lambda: _answers(f"http://127.0.0.1:{proxy_port}/healthz-probe"), what="the sidecar"
+            lambda: answers(f"http://127.0.0.1:{proxy_port}/healthz-probe"), what="the sidecar"
         )
         sent: Counter[tuple[str, str]] = Counter()
         for i in range(120):
@@ -149,11 +121,3 @@ def test_requests_through_the_sidecar_are_counted_once_each_and_queryable_per_cu
         running.stop()
         if api is not None:
             api.stop()
-
-
-def _answers(url: str) -> bool:
-    try:
-        get(url, {"X-Customer-Id": "probe"})
-    except OSError:
-        return False
-    return True

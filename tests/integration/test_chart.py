@@ -152,6 +152,33 @@ def test_kafka_tls_and_sasl_secrets_reach_the_usage_api(testenv: Environment) ->
     assert env["KMETER_KAFKA_CA_FILE"]["value"] == "/etc/kmeter/kafka-ca/ca.crt"
 
 
+def test_tenant_credentials_reach_the_operator_and_sidecars_learn_how_to_connect(
+    testenv: Environment,
+) -> None:
+    documents = render(
+        testenv, "kafka.securityProtocol=SASL_SSL", "kafka.sasl.secret.name=kafka-admin",
+        "kafka.sasl.tenantSecret.name=kafka-tenants", "kafka.sasl.mechanism=PLAIN",
+    )  # fmt: skip
+    operator = the(documents, "Deployment", "demo-kmeter-operator")["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in operator["containers"][0]["env"]}
+    assert env["KMETER_KAFKA_TENANT_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "kafka-tenants",
+        "key": "password",
+    }
+    injector = the(documents, "Deployment", "demo-kmeter-injector")["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in injector["containers"][0]["env"]}
+    assert (env["KMETER_KAFKA_SECURITY_PROTOCOL"], env["KMETER_KAFKA_SASL_MECHANISM"]) == (
+        "SASL_SSL",
+        "PLAIN",
+    )
+    # The operator may write the tenant Secrets; on PLAINTEXT it gets no Secret rights at all.
+    role = the(documents, "ClusterRole", "demo-kmeter-operator")
+    assert {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["kmeter-kafka"],
+            "verbs": ["patch"]} in role["rules"]  # fmt: skip
+    plain = the(render(testenv), "ClusterRole", "demo-kmeter-operator")
+    assert not [rule for rule in plain["rules"] if "secrets" in rule["resources"]]
+
+
 def exported_metric_names() -> set[str]:
     """Every series name the processes export (counters with _total, histograms' parts)."""
     from prometheus_client import REGISTRY  # noqa: PLC0415
@@ -363,6 +390,7 @@ def test_the_api_server_accepts_the_chart_with_every_option_on(
         "--set", "kafka.bootstrapServers=k1:9092\\,k2:9092",
         "--set", "kafka.securityProtocol=SASL_SSL",
         "--set", "kafka.sasl.secret.name=kafka-user", "--set", "kafka.tls.caSecret.name=kafka-ca",
+        "--set", "kafka.sasl.tenantSecret.name=kafka-tenants",
         "--set", "api.replicas=3", "--set", "api.service.type=LoadBalancer",
         "--set", "metrics.serviceMonitor.enabled=true",
         "--set", "metrics.serviceMonitor.labels.release=prom",

@@ -28,7 +28,8 @@ from tests.integration.test_worker_pipeline import Meter, WorkerProcess
 from tests.support.api import KMETER, ApiProcess, meter_manifest, write_manifests, write_tokens
 from tests.support.operator import eventually
 
-from kmeter.kafka.admin import KafkaAdmin, KafkaSettings
+from kmeter.kafka.admin import KafkaAdmin
+from kmeter.kafka.settings import KafkaSettings
 from kmeter.kafka.topics import reconcile_topics
 from kmeter.operator.meter_topics import TopicLayout, quota_topics
 

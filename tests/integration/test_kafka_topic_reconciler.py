@@ -22,7 +22,8 @@ from tests.support.kafka import TopicSeen
 from tests.support.kafka import seen_by_kafka as topic_seen
 
 from kmeter import topics
-from kmeter.kafka.admin import KafkaAdmin, KafkaSettings, KafkaUnavailable
+from kmeter.kafka.admin import KafkaAdmin, KafkaUnavailable
+from kmeter.kafka.settings import KafkaSettings
 from kmeter.kafka.topics import (
     DesiredTopic,
     PartitionsGrown,

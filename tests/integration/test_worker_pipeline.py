@@ -28,7 +28,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from kmeter import topics
 from kmeter.core.fold import decode_total
-from kmeter.kafka.admin import KafkaAdmin, KafkaSettings
+from kmeter.kafka.admin import KafkaAdmin
+from kmeter.kafka.settings import KafkaSettings
 from kmeter.kafka.topics import reconcile_topics
 from kmeter.operator.meter_topics import TopicLayout, meter_topics, quota_topics
 

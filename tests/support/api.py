@@ -36,7 +36,8 @@ from tests.support.processes import ManagedProcess
 from kmeter import topics
 from kmeter.core.events import UsageEvent
 from kmeter.core.fold import FoldState, MeterSpec, fold
-from kmeter.kafka.admin import KafkaAdmin, KafkaSettings
+from kmeter.kafka.admin import KafkaAdmin
+from kmeter.kafka.settings import KafkaSettings
 from kmeter.kafka.topics import reconcile_topics
 from kmeter.operator.meter_topics import TopicLayout, meter_topics
 
@@ -68,8 +69,10 @@ class ApiProcess(ManagedProcess):
         manifests: Path | None = None,
         tokens: Path | None = None,
         kubeconfig: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.kafka_bootstrap = kafka_bootstrap
+        self.env = dict(env or {})
         self.manifests = manifests
         self.tokens = tokens
         self.kubeconfig = kubeconfig
@@ -88,7 +91,7 @@ class ApiProcess(ManagedProcess):
             command += ["--manifests", str(self.manifests)]
         if self.tokens is not None:
             command += ["--tokens", str(self.tokens)]
-        env = {**os.environ, "KMETER_KAFKA_BOOTSTRAP": self.kafka_bootstrap}
+        env = {**os.environ, "KMETER_KAFKA_BOOTSTRAP": self.kafka_bootstrap, **self.env}
         if self.kubeconfig is not None:
             env["KUBECONFIG"] = str(self.kubeconfig)
         with self.log_path.open("ab") as log:

@@ -1,4 +1,5 @@
-"""An aiohttp application served on a loopback port from a thread of its own.
+"""An aiohttp application served on a loopback port from a thread of its own, and the
+blocking client calls tests drive it (or a proxy in front of it) with.
 
 Tests drive it with blocking clients or from their own event loop, so it gets its own loop.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,3 +49,20 @@ def serve_in_thread(application: web.Application) -> Iterator[App]:
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """A blocking GET: (status, body); raises ``urllib.error.HTTPError`` for 4xx and 5xx."""
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        status: int = response.status
+        return status, response.read()
+
+
+def answers(url: str) -> bool:
+    """Whether something serves ``url`` (as subject ``probe``, for a sidecar in front)."""
+    try:
+        get(url, {"X-Customer-Id": "probe"})
+    except OSError:
+        return False
+    return True

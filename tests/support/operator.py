@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -73,8 +73,11 @@ def install_crds(env: Environment) -> None:
         kubectl(env, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
 
 
-def install_chart_rbac(env: Environment, release: str = "kmeter") -> str:
-    """Apply the chart's operator ClusterRole as rendered by helm; returns its name."""
+def install_chart_rbac(
+    env: Environment, release: str = "kmeter", values: Sequence[str] = ()
+) -> str:
+    """Apply the chart's operator ClusterRole as rendered by helm with ``values``
+    (``--set`` arguments); returns its name."""
     rendered = subprocess.run(
         [
             "helm",
@@ -86,6 +89,7 @@ def install_chart_rbac(env: Environment, release: str = "kmeter") -> str:
             # Required by the chart; the RBAC does not depend on it.
             "--set",
             "kafka.bootstrapServers=kafka:9092",
+            *(argument for value in values for argument in ("--set", value)),
         ],
         capture_output=True,
         text=True,
@@ -103,9 +107,16 @@ def install_chart_rbac(env: Environment, release: str = "kmeter") -> str:
 class OperatorProcess(ManagedProcess):
     """``kmeter operator`` as a subprocess, with its log in a file."""
 
-    def __init__(self, kubeconfig: Path, kafka_bootstrap: str, log_dir: Path) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        kafka_bootstrap: str,
+        log_dir: Path,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.kafka_bootstrap = kafka_bootstrap
+        self.extra_env = dict(extra_env or {})
         self.log_path = log_dir / "operator.log"
         self.metrics_port = free_port()
         self.health_port = free_port()
@@ -120,6 +131,7 @@ class OperatorProcess(ManagedProcess):
             "KMETER_METRICS_PORT": str(self.metrics_port),
             "KMETER_HEALTH_PORT": str(self.health_port),
             "KMETER_IMAGE": "kmeter:test",
+            **self.extra_env,
         }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(

@@ -33,6 +33,27 @@ class ManagedProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+class Running:
+    """Subprocesses to stop at the end of the test."""
+
+    def __init__(self) -> None:
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, command: list[str], log: Path, **env: str) -> subprocess.Popen[bytes]:
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                command, env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT
+            )
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(60)
+
+
 def testenv_exports() -> dict[str, str]:
     """The variables ``scripts/testenv env`` exports, or {} when the environment is not up."""
     result = subprocess.run(

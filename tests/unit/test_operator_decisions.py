@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kmeter import topics
-from kmeter.kafka.admin import KafkaSettings
+from kmeter.kafka.settings import KafkaSettings
 from kmeter.operator.conditions import Condition, merge_conditions, transitions
 from kmeter.operator.meter_topics import TopicLayout, meter_topics
 from kmeter.operator.meter_worker import label_value, worker_deployment

@@ -4,7 +4,7 @@
   value: {{ required "kafka.bootstrapServers is required: the Kafka bootstrap servers, host:port" .Values.kafka.bootstrapServers | quote }}
 - name: KMETER_KAFKA_SECURITY_PROTOCOL
   value: {{ .Values.kafka.securityProtocol | quote }}
-{{- if has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL") }}
+{{- if and (has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL")) .Values.kafka.tls.caSecret.name }}
 - name: KMETER_KAFKA_CA_FILE
   value: /etc/kmeter/kafka-ca/{{ .Values.kafka.tls.caSecret.key }}
 {{- end }}
@@ -24,16 +24,43 @@
 {{- end }}
 {{- end -}}
 
+{{/* What the operator writes into tenant namespaces for workers and sidecars. */}}
+{{- define "kmeter.kafka.tenantEnv" -}}
+{{- if and (hasPrefix "SASL_" .Values.kafka.securityProtocol) .Values.kafka.sasl.tenantSecret.name }}
+- name: KMETER_KAFKA_TENANT_SASL_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.kafka.sasl.tenantSecret.name }}
+      key: {{ .Values.kafka.sasl.tenantSecret.usernameKey }}
+- name: KMETER_KAFKA_TENANT_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.kafka.sasl.tenantSecret.name }}
+      key: {{ .Values.kafka.sasl.tenantSecret.passwordKey }}
+{{- end }}
+{{- end -}}
+
+{{/* How injected sidecars connect; their credentials come from the tenant Secret. */}}
+{{- define "kmeter.kafka.sidecarEnv" -}}
+- name: KMETER_KAFKA_SECURITY_PROTOCOL
+  value: {{ .Values.kafka.securityProtocol | quote }}
+{{- if hasPrefix "SASL_" .Values.kafka.securityProtocol }}
+- name: KMETER_KAFKA_SASL_MECHANISM
+  value: {{ .Values.kafka.sasl.mechanism | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Without a CA Secret, the brokers are verified against the image's system CAs. */}}
 {{- define "kmeter.kafka.volumes" -}}
-{{- if has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL") }}
+{{- if and (has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL")) .Values.kafka.tls.caSecret.name }}
 - name: kafka-ca
   secret:
-    secretName: {{ required "kafka.tls.caSecret.name is required with an SSL securityProtocol" .Values.kafka.tls.caSecret.name }}
+    secretName: {{ .Values.kafka.tls.caSecret.name }}
 {{- end }}
 {{- end -}}
 
 {{- define "kmeter.kafka.volumeMounts" -}}
-{{- if has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL") }}
+{{- if and (has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL")) .Values.kafka.tls.caSecret.name }}
 - name: kafka-ca
   mountPath: /etc/kmeter/kafka-ca
   readOnly: true

@@ -42,7 +42,7 @@ from kmeter.api.materializer import Materializer
 from kmeter.api.meters import KubeMeters, ManifestMeters, MeterSource
 from kmeter.api.query import routes
 from kmeter.api.quotas import QuotaMaterializer, QuotaViews, add_routes
-from kmeter.kafka.admin import KafkaSettings
+from kmeter.kafka.settings import KafkaSettings
 from kmeter.kube.client import KubeClient
 
 log = logging.getLogger("kmeter.api")

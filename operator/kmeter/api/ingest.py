@@ -40,7 +40,7 @@ from kmeter.api.auth import namespace_of
 from kmeter.api.backends import EventSink
 from kmeter.api.errors import ApiError
 from kmeter.core.events import InvalidEventError, UsageEvent, decode_events, encode_event
-from kmeter.kafka.admin import KafkaSettings
+from kmeter.kafka.settings import KafkaSettings
 
 log = logging.getLogger("kmeter.api.ingest")
 

@@ -37,7 +37,7 @@ from kmeter.api import metrics
 from kmeter.api.meters import MeterInfo, MeterSource
 from kmeter.api.store import MeterStore
 from kmeter.core.fold import decode_total
-from kmeter.kafka.admin import KafkaSettings
+from kmeter.kafka.settings import KafkaSettings
 
 log = logging.getLogger("kmeter.api.materializer")
 

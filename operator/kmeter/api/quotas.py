@@ -48,7 +48,7 @@ from kmeter.api.materializer import Materializer
 from kmeter.core.quota import period_at
 from kmeter.core.windows import WindowSize, time_zone
 from kmeter.decisions import QuotaPolicy, SubjectDecision
-from kmeter.kafka.admin import KafkaSettings
+from kmeter.kafka.settings import KafkaSettings
 from kmeter.worker.quotas import clock_offset
 
 log = logging.getLogger("kmeter.api.quotas")

@@ -46,6 +46,7 @@ from kmeter.injector.annotations import (
     read_annotations,
 )
 from kmeter.injector.settings import InjectorSettings
+from kmeter.kafka import tenant_credentials
 
 SIDECAR_NAME: Final = "kmeter-sidecar"
 ADMIN_PORT_NAME: Final = "kmeter-admin"
@@ -150,7 +151,7 @@ def _plan(
     if ADMIN_PORT_NAME in taken_names:
         return Refusal(f"the pod already has a port named {ADMIN_PORT_NAME!r}")
     volumes = {str(v.get("name")) for v in spec.get("volumes") or []}
-    for volume in (SPOOL_VOLUME, JWT_KEY_VOLUME):
+    for volume in (SPOOL_VOLUME, JWT_KEY_VOLUME, tenant_credentials.VOLUME):
         if volume in volumes:
             return Refusal(f"the pod already has a volume named {volume!r}")
     new_name = renamed_port(port_name, taken_names | {ADMIN_PORT_NAME})
@@ -162,7 +163,7 @@ def _plan(
     sidecar = sidecar_container(request, settings, port_name, int(port["containerPort"]))
     where = "initContainers" if request.native else "containers"
     patch.extend(_append(spec, where, [sidecar]))
-    patch.extend(_append(spec, "volumes", _volumes(request)))
+    patch.extend(_append(spec, "volumes", _volumes(request, settings)))
     patch.append(
         {"op": "add", "path": f"/metadata/annotations/{_pointer(STATUS)}", "value": "injected"}
     )
@@ -251,6 +252,9 @@ def sidecar_container(
         {"name": "KMETER_ADMIN_PORT", "value": str(request.admin_port)},
         {"name": "KMETER_UPSTREAM", "value": f"127.0.0.1:{app_port}"},
         {"name": "KMETER_KAFKA_BOOTSTRAP", "value": defaults.kafka_bootstrap},
+        *tenant_credentials.client_environment(
+            defaults.kafka_security_protocol, defaults.kafka_sasl_mechanism
+        ),
         {
             "name": "KMETER_NAMESPACE",
             "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
@@ -260,6 +264,8 @@ def sidecar_container(
         *({"name": name, "value": value} for name, value in sorted(request.env.items())),
     ]
     mounts: list[JSON] = [{"name": SPOOL_VOLUME, "mountPath": SPOOL_DIR}]
+    if tenant_credentials.needs_credentials(defaults.kafka_security_protocol):
+        mounts.append(tenant_credentials.volume_mount())
     if request.jwt_secret is not None:
         env.append(
             {
@@ -318,7 +324,7 @@ def sidecar_container(
     return container
 
 
-def _volumes(request: SidecarRequest) -> list[JSON]:
+def _volumes(request: SidecarRequest, settings: InjectorSettings) -> list[JSON]:
     volumes: list[JSON] = [
         {
             "name": SPOOL_VOLUME,
@@ -336,6 +342,10 @@ def _volumes(request: SidecarRequest) -> list[JSON]:
                 },
             }
         )
+    if tenant_credentials.needs_credentials(settings.sidecar.kafka_security_protocol):
+        # Optional: a pod in a namespace without Meters (so without the Secret) still starts;
+        # its sidecar spools until the Secret appears (the kubelet then fills the volume).
+        volumes.append(tenant_credentials.volume(optional=True))
     return volumes
 
 

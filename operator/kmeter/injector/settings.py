@@ -3,6 +3,9 @@
 Sidecar defaults (a pod's annotations override most of them):
 
 * ``KMETER_KAFKA_BOOTSTRAP`` (required): the Kafka bootstrap servers the sidecars produce to;
+* ``KMETER_KAFKA_SECURITY_PROTOCOL`` (``PLAINTEXT``) and ``KMETER_KAFKA_SASL_MECHANISM``: how
+  they connect; unless PLAINTEXT, sidecars mount the namespace's ``kmeter-kafka`` Secret for
+  their credentials (:mod:`kmeter.kafka.tenant_credentials`);
 * ``KMETER_SIDECAR_IMAGE`` (``ghcr.io/kmeter/kmeter-sidecar:<version>``): an image with
   ``kmeter-sidecar`` on its PATH; ``KMETER_SIDECAR_IMAGE_PULL_POLICY`` (``IfNotPresent``);
 * ``KMETER_NATIVE_SIDECAR`` (``true``): an init container with ``restartPolicy: Always``
@@ -39,6 +42,8 @@ from pathlib import Path
 from typing import Final
 
 from kmeter import __version__
+from kmeter.kafka import tenant_credentials
+from kmeter.kafka.settings import KafkaSettings
 from kmeter.resources.meter import QUANTITY_PATTERN
 from kmeter_sidecar.config import ConfigError, parse_config
 
@@ -64,6 +69,8 @@ class SidecarDefaults:
     """How an injected sidecar looks unless a pod's annotations say otherwise."""
 
     kafka_bootstrap: str
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
     image: str = f"ghcr.io/kmeter/kmeter-sidecar:{__version__}"
     image_pull_policy: str = "IfNotPresent"
     native: bool = True
@@ -107,8 +114,21 @@ class InjectorSettings:
             raise SettingsError(
                 f"KMETER_KAFKA_BOOTSTRAP={bootstrap!r} is not host:port[,host:port...]"
             )
+        protocol = get("KMETER_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+        mechanism = get("KMETER_KAFKA_SASL_MECHANISM", "") or None
+        try:  # the sidecar's own checks: its credentials come from the mounted Secret
+            KafkaSettings(
+                bootstrap,
+                security_protocol=protocol,
+                sasl_mechanism=mechanism,
+                credentials_dir=tenant_credentials.CREDENTIALS_DIR,
+            )
+        except ValueError as error:
+            raise SettingsError(str(error)) from None
         sidecar = SidecarDefaults(
             kafka_bootstrap=bootstrap,
+            kafka_security_protocol=protocol,
+            kafka_sasl_mechanism=mechanism if protocol.startswith("SASL_") else None,
             image=get("KMETER_SIDECAR_IMAGE", SidecarDefaults.image),
             image_pull_policy=_choice(
                 "KMETER_SIDECAR_IMAGE_PULL_POLICY",

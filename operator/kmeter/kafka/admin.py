@@ -21,10 +21,8 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
@@ -36,10 +34,8 @@ from aiokafka.errors import (
     NodeNotReadyError,
     RequestTimedOutError,
 )
-from aiokafka.helpers import create_ssl_context
 
-DEFAULT_CLIENT_ID = "kmeter-operator"
-DEFAULT_REQUEST_TIMEOUT_MS = 10_000
+from kmeter.kafka.settings import KafkaSettings
 
 # What aiokafka raises when it cannot talk to Kafka (as opposed to Kafka answering "no").
 _UNREACHABLE = (KafkaConnectionError, NoBrokersAvailable, NodeNotReadyError)
@@ -61,105 +57,6 @@ class KafkaUnavailable(KafkaAdminError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-
-
-SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-
-
-@dataclass(frozen=True)
-class KafkaSettings:
-    """How kmeter connects to Kafka.
-
-    ``bootstrap_servers`` is ``host:port[,host:port...]``. ``request_timeout_ms`` bounds every
-    single request (connecting included); an operation made of several requests, like
-    reconciling a topic, takes a bounded number of them.
-    """
-
-    bootstrap_servers: str
-    client_id: str = DEFAULT_CLIENT_ID
-    request_timeout_ms: int = DEFAULT_REQUEST_TIMEOUT_MS
-    security_protocol: str = "PLAINTEXT"
-    ssl_cafile: str | None = None
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: str | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.bootstrap_servers.strip():
-            raise ValueError("Kafka bootstrap servers are empty: give host:port[,host:port]")
-        if self.request_timeout_ms <= 0:
-            raise ValueError(f"request_timeout_ms must be positive, not {self.request_timeout_ms}")
-        if self.security_protocol not in SECURITY_PROTOCOLS:
-            raise ValueError(
-                f"Kafka security protocol {self.security_protocol!r} is not one of "
-                f"{', '.join(SECURITY_PROTOCOLS)}"
-            )
-        if self.security_protocol.startswith("SASL_") and not (
-            self.sasl_mechanism in SASL_MECHANISMS and self.sasl_username and self.sasl_password
-        ):
-            raise ValueError(
-                f"Kafka security protocol {self.security_protocol} needs a SASL mechanism (one of "
-                f"{', '.join(SASL_MECHANISMS)}), a username and a password"
-            )
-
-    @classmethod
-    def from_environment(
-        cls, env: Mapping[str, str] | None = None, *, client_id: str = DEFAULT_CLIENT_ID
-    ) -> KafkaSettings:
-        """Settings from ``KMETER_KAFKA_*`` variables, as the Helm chart sets them.
-
-        ``KMETER_KAFKA_BOOTSTRAP``, ``KMETER_KAFKA_SECURITY_PROTOCOL`` (PLAINTEXT, SSL,
-        SASL_PLAINTEXT, SASL_SSL), ``KMETER_KAFKA_CA_FILE`` (a mounted CA bundle for SSL),
-        ``KMETER_KAFKA_SASL_MECHANISM`` (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512),
-        ``KMETER_KAFKA_SASL_USERNAME``, ``KMETER_KAFKA_SASL_PASSWORD`` (from a Secret).
-        Raises :class:`ValueError` naming what is wrong.
-        """
-        env = os.environ if env is None else env
-        return cls(
-            bootstrap_servers=env.get("KMETER_KAFKA_BOOTSTRAP", ""),
-            client_id=client_id,
-            security_protocol=env.get("KMETER_KAFKA_SECURITY_PROTOCOL") or "PLAINTEXT",
-            ssl_cafile=env.get("KMETER_KAFKA_CA_FILE") or None,
-            sasl_mechanism=env.get("KMETER_KAFKA_SASL_MECHANISM") or None,
-            sasl_username=env.get("KMETER_KAFKA_SASL_USERNAME") or None,
-            sasl_password=env.get("KMETER_KAFKA_SASL_PASSWORD") or None,
-        )
-
-    @property
-    def request_timeout_s(self) -> float:
-        return self.request_timeout_ms / 1000
-
-    @property
-    def operation_timeout_ms(self) -> int:
-        """How long the broker may work on a create or delete before it answers.
-
-        Half the request timeout, so that its answer (possibly "not done yet") arrives before
-        the client gives up on the request.
-        """
-        return max(1, self.request_timeout_ms // 2)
-
-    def client_options(self) -> dict[str, Any]:
-        """The keyword arguments for an aiokafka client (admin now; producer, consumer later).
-
-        This is the seam for TLS and SASL: they become fields of this class (a
-        ``security_protocol``, an ``ssl.SSLContext`` built from mounted certificates, a
-        ``sasl_mechanism`` with credentials from a Secret) and entries of this dict. Every
-        client kmeter makes takes its options from here, so nothing else changes.
-        """
-        options: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers,
-            "client_id": self.client_id,
-            "request_timeout_ms": self.request_timeout_ms,
-            "security_protocol": self.security_protocol,
-        }
-        if self.security_protocol in {"SSL", "SASL_SSL"}:
-            options["ssl_context"] = create_ssl_context(cafile=self.ssl_cafile)
-        if self.security_protocol.startswith("SASL_"):
-            options["sasl_mechanism"] = self.sasl_mechanism
-            options["sasl_plain_username"] = self.sasl_username
-            options["sasl_plain_password"] = self.sasl_password
-        return options
 
 
 class KafkaAdmin:

@@ -118,13 +118,16 @@ class KubeClient:
         items: list[JSON] = found.get("items", [])
         return items
 
-    async def apply(self, path: str, body: Mapping[str, Any]) -> JSON:
-        """Server-side apply of ``body`` (a whole desired object) at its own ``path``."""
+    async def apply(
+        self, path: str, body: Mapping[str, Any], *, field_manager: str = FIELD_MANAGER
+    ) -> JSON:
+        """Server-side apply of ``body`` (a whole desired object) at its own ``path``; a
+        ``field_manager`` of its own lets several owners apply parts of one object."""
         return await self._request(
             "PATCH",
             path,
             data=orjson.dumps(body),
-            params={"fieldManager": FIELD_MANAGER, "force": "true"},
+            params={"fieldManager": field_manager, "force": "true"},
             content_type="application/apply-patch+yaml",
         )
 

@@ -31,7 +31,8 @@ from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Counter
 
 from kmeter import topics
-from kmeter.kafka.admin import KafkaAdmin, KafkaSettings
+from kmeter.kafka.admin import KafkaAdmin
+from kmeter.kafka.settings import KafkaSettings
 from kmeter.kafka.topics import describe_topics
 from kmeter.kube.client import KubeClient
 from kmeter.notifications import webhook

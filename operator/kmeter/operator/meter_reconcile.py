@@ -19,14 +19,18 @@ Deployment from being repaired, and the other way round.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from kmeter import topics
 from kmeter.core.durations import parse_iso_duration
+from kmeter.kafka import tenant_credentials
 from kmeter.kafka.admin import KafkaAdmin
+from kmeter.kafka.settings import TENANT_SECRET
 from kmeter.kafka.topics import KafkaUnavailable, TopicError, TopicOutcome, reconcile_topics
 from kmeter.kube.client import KubeApiError, KubeClient, resource_path
 from kmeter.operator.conditions import Condition, merge_conditions
@@ -181,6 +185,25 @@ async def apply_quotas(
     )
 
 
+async def apply_kafka_credentials(
+    body: Mapping[str, Any], *, kube: KubeClient, settings: OperatorSettings
+) -> None:
+    """Apply the namespace's Kafka credentials Secret as this Meter's part of it, when Kafka
+    is not plain text (:mod:`kmeter.kafka.tenant_credentials`)."""
+    kafka = settings.kafka
+    if not tenant_credentials.needs_credentials(kafka.security_protocol):
+        return
+    ca_file = kafka.ca_file()
+    # Read at every reconcile: the chart mounts it from a Secret, which may be rotated.
+    ca_bundle = await asyncio.to_thread(Path(ca_file).read_bytes) if ca_file else None
+    sasl = settings.tenant_sasl_credentials() if kafka.uses_sasl else None
+    await kube.apply(
+        resource_path("v1", "secrets", body["metadata"]["namespace"], TENANT_SECRET),
+        tenant_credentials.tenant_secret(body, kafka, sasl, ca_bundle),
+        field_manager=tenant_credentials.field_manager(body),
+    )
+
+
 async def apply_worker(
     body: Mapping[str, Any],
     quotas: Sequence[Mapping[str, Any]],
@@ -192,6 +215,7 @@ async def apply_worker(
     and its Deployment; returns the Deployment."""
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     await apply_quotas(body, quotas, kube=kube)
+    await apply_kafka_credentials(body, kube=kube, settings=settings)
     worker = worker_name(name)
     await kube.apply(
         resource_path("v1", "serviceaccounts", namespace, worker), worker_service_account(body)

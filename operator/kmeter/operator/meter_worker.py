@@ -16,6 +16,9 @@ Secrets — but mounted by the kubelet as optional Secret volumes at :data:`SECR
 Mounting a newly referenced Secret changes the pod template, so the workers roll (at the
 Meter's next reconcile).
 
+When Kafka needs TLS or SASL, the worker reads its credentials from the namespace's Secret
+``kmeter-kafka``, mounted at ``/etc/kmeter/kafka`` (:mod:`kmeter.kafka.tenant_credentials`).
+
 Label values are capped at 63 characters; a longer Meter name is cut and suffixed with a
 hash, so labels stay unique per Meter.
 """
@@ -28,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from kmeter.kafka import tenant_credentials
 from kmeter.operator.settings import OperatorSettings
 
 QUOTAS_DIR = "/etc/kmeter/quotas"
@@ -163,6 +167,7 @@ def worker_deployment(
     meter = meter_body["metadata"]["name"]
     workers = spec.get("workers") or {}
     resources = workers.get("resources") or DEFAULT_RESOURCES
+    kafka_credentials = tenant_credentials.needs_credentials(settings.kafka.security_protocol)
     container = {
         "name": "worker",
         "image": settings.worker_image,
@@ -170,7 +175,9 @@ def worker_deployment(
         "args": ["worker", "--namespace", namespace, "--meter", meter],
         "env": [
             {"name": "KMETER_KAFKA_BOOTSTRAP", "value": settings.kafka_bootstrap},
-            {"name": "KMETER_KAFKA_SECURITY_PROTOCOL", "value": settings.kafka.security_protocol},
+            *tenant_credentials.client_environment(
+                settings.kafka.security_protocol, settings.kafka.sasl_mechanism
+            ),
             {
                 "name": "KMETER_METER",
                 "value": orjson.dumps(dict(spec), option=orjson.OPT_SORT_KEYS).decode(),
@@ -200,6 +207,7 @@ def worker_deployment(
         },
         "volumeMounts": [
             {"name": "quotas", "mountPath": QUOTAS_DIR, "readOnly": True},
+            *([tenant_credentials.volume_mount()] if kafka_credentials else []),
             *(
                 {
                     "name": f"secret-{index}",
@@ -243,6 +251,8 @@ def worker_deployment(
                             "name": "quotas",
                             "configMap": {"name": quotas_configmap_name(meter), "optional": True},
                         },
+                        # Not optional: the operator applies the Secret before the Deployment.
+                        *([tenant_credentials.volume(optional=False)] if kafka_credentials else []),
                         *(
                             {
                                 "name": f"secret-{index}",

@@ -1,9 +1,13 @@
 """The operator's configuration, from the environment (the chart sets it).
 
+The tenant SASL credentials are what the operator writes for workers and sidecars
+(:mod:`kmeter.kafka.tenant_credentials`); without them, they get the operator's own.
+
 | variable | meaning | default |
 |---|---|---|
 | ``KMETER_KAFKA_BOOTSTRAP`` | Kafka bootstrap servers, ``host:port[,host:port]`` | required |
 | ``KMETER_KAFKA_SECURITY_PROTOCOL`` … | TLS and SASL: see ``KafkaSettings`` | PLAINTEXT |
+| ``KMETER_KAFKA_TENANT_SASL_USERNAME``, ``_PASSWORD`` | SASL for workers and sidecars | own |
 | ``KMETER_IMAGE`` | image of the aggregation workers | ``ghcr.io/kmeter/kmeter:<version>`` |
 | ``KMETER_IMAGE_PULL_POLICY`` | their ``imagePullPolicy`` | ``IfNotPresent`` |
 | ``KMETER_RESYNC_SECONDS`` | how often every resource is reconciled to repair drift | ``30`` |
@@ -16,10 +20,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kmeter import __version__
-from kmeter.kafka.admin import KafkaSettings
+from kmeter.kafka.settings import KafkaSettings
 
 
 class SettingsError(ValueError):
@@ -35,6 +39,15 @@ class OperatorSettings:
     metrics_port: int = 9090
     health_port: int = 8080
     log_level: str = "INFO"
+    tenant_sasl_username: str | None = None
+    tenant_sasl_password: str | None = field(default=None, repr=False)
+
+    def tenant_sasl_credentials(self) -> tuple[str, str]:
+        """The SASL username and password written for workers and sidecars: the tenant
+        credentials when both are set, else the operator's own."""
+        if self.tenant_sasl_username and self.tenant_sasl_password:
+            return self.tenant_sasl_username, self.tenant_sasl_password
+        return self.kafka.sasl_credentials()
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -49,6 +62,7 @@ class OperatorSettings:
             kafka = KafkaSettings.from_environment(env, client_id="kmeter-operator")
         except ValueError as error:
             raise SettingsError(str(error)) from None
+        tenant_username, tenant_password = _tenant_credentials(env)
         return cls(
             kafka=kafka,
             worker_image=env.get("KMETER_IMAGE", f"ghcr.io/kmeter/kmeter:{__version__}"),
@@ -57,7 +71,20 @@ class OperatorSettings:
             metrics_port=int(_number(env, "KMETER_METRICS_PORT", 9090)),
             health_port=int(_number(env, "KMETER_HEALTH_PORT", 8080)),
             log_level=_log_level(env.get("KMETER_LOG_LEVEL", "INFO")),
+            tenant_sasl_username=tenant_username,
+            tenant_sasl_password=tenant_password,
         )
+
+
+def _tenant_credentials(env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    username = env.get("KMETER_KAFKA_TENANT_SASL_USERNAME") or None
+    password = env.get("KMETER_KAFKA_TENANT_SASL_PASSWORD") or None
+    if (username is None) != (password is None):
+        raise SettingsError(
+            "KMETER_KAFKA_TENANT_SASL_USERNAME and KMETER_KAFKA_TENANT_SASL_PASSWORD go together: "
+            "set both or neither"
+        )
+    return username, password
 
 
 def _log_level(raw: str) -> str:

@@ -39,7 +39,7 @@ from pydantic import ValidationError
 from kmeter.core.dedup import DEFAULT_HORIZON, DEFAULT_MAX_ENTRIES
 from kmeter.core.durations import parse_iso_duration
 from kmeter.core.fold import MeterSpec as FoldMeter
-from kmeter.kafka.admin import KafkaSettings
+from kmeter.kafka.settings import KafkaSettings
 from kmeter.resources.meter import MeterSpec
 from kmeter.worker.memory import dedup_max_entries
 from kmeter.worker.quotas import clock_offset
