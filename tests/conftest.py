@@ -23,7 +23,15 @@ from tests.support.kube import Environment, KubeUsers
 from tests.support.operator import OperatorProcess, install_chart_rbac, install_crds
 from tests.support.processes import testenv_exports
 
+from kmeter.kafka.settings import KafkaSettings
+
 REPO = Path(__file__).resolve().parent.parent
+KAFKA_SECURE_VARIABLES = (
+    "KMETER_TESTENV_KAFKA_SECURE_BOOTSTRAP",
+    "KMETER_TESTENV_KAFKA_CA_FILE",
+    "KMETER_TESTENV_KAFKA_SASL_USERNAME",
+    "KMETER_TESTENV_KAFKA_SASL_PASSWORD",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -59,6 +67,38 @@ def testenv() -> Environment:
 def kafka_bootstrap(testenv: Environment) -> str:
     """``host:port`` of the real Kafka broker."""
     return testenv.kafka_bootstrap
+
+
+@pytest.fixture(scope="session")
+def kafka_secure(testenv: Environment) -> KafkaSettings:
+    """The broker's TLS + SASL listener: SASL_SSL, SCRAM-SHA-512 as ``kmeter``, the test CA.
+
+    Read from the ``KMETER_TESTENV_KAFKA_*`` variables ``scripts/testenv env`` prints. An
+    environment that is up without them (started by an older ``scripts/testenv``) fails the
+    test, never skips it: a test of credentials that silently did not run proves nothing.
+    """
+    found = {name: os.environ.get(name, "") for name in KAFKA_SECURE_VARIABLES}
+    if not all(found.values()):
+        exports = testenv_exports()
+        found = {name: exports.get(name, "") for name in KAFKA_SECURE_VARIABLES}
+    missing = [name for name, value in found.items() if not value]
+    if missing:
+        pytest.fail(
+            "the test environment has no Kafka TLS+SASL listener (missing "
+            f"{', '.join(missing)}); restart it with `scripts/testenv down; scripts/testenv up` "
+            'and `eval "$(scripts/testenv env)"`'
+        )
+    ca_file = found["KMETER_TESTENV_KAFKA_CA_FILE"]
+    if not Path(ca_file).is_file():
+        pytest.fail(f"the test Kafka CA {ca_file} does not exist; is the environment stale?")
+    return KafkaSettings(
+        bootstrap_servers=found["KMETER_TESTENV_KAFKA_SECURE_BOOTSTRAP"],
+        security_protocol="SASL_SSL",
+        ssl_cafile=ca_file,
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username=found["KMETER_TESTENV_KAFKA_SASL_USERNAME"],
+        sasl_password=found["KMETER_TESTENV_KAFKA_SASL_PASSWORD"],
+    )
 
 
 @pytest.fixture(scope="session")

@@ -42,6 +42,7 @@ def test_up_refuses_a_port_in_use_by_naming_it_and_starts_nothing(tmp_path: Path
             run_dir=tmp_path / "run",
             KMETER_TESTENV_KAFKA_PORT=str(busy),
             KMETER_TESTENV_KAFKA_CONTROLLER_PORT="29093",
+            KMETER_TESTENV_KAFKA_SECURE_PORT="29094",
             KMETER_TESTENV_ETCD_PORT="22379",
             KMETER_TESTENV_ETCD_PEER_PORT="22380",
             KMETER_TESTENV_APISERVER_PORT="26443",
