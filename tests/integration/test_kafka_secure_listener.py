@@ -25,7 +25,7 @@ from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaConnectionError
 from tests.support.kube import Environment
 
-from kmeter.kafka.admin import KafkaAdmin
+from kmeter.kafka.admin import KafkaAdmin, KafkaUnavailable
 from kmeter.kafka.settings import KafkaSettings
 
 MECHANISMS = ["SCRAM-SHA-512", "PLAIN"]
@@ -130,3 +130,15 @@ async def test_a_client_trusting_another_ca_is_refused_by_certificate_verificati
     logged = await _refused(replace(kafka_secure, ssl_cafile=str(another_ca)), caplog)
 
     assert "CERTIFICATE_VERIFY_FAILED" in logged
+
+
+async def test_the_operators_admin_says_the_password_is_wrong_not_only_that_kafka_is_unreachable(
+    kafka_secure: KafkaSettings,
+) -> None:
+    wrong = replace(kafka_secure, sasl_password="not-the-password", request_timeout_ms=5_000)
+    started = time.monotonic()
+    with pytest.raises(KafkaUnavailable) as refused:
+        async with KafkaAdmin(wrong):
+            pass
+    assert time.monotonic() - started < REFUSAL_S
+    assert "Authentication failed" in str(refused.value), str(refused.value)

@@ -21,7 +21,8 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Self
@@ -85,12 +86,18 @@ class KafkaAdmin:
         client = AIOKafkaAdminClient(**self.settings.client_options())
         # aiokafka tries the bootstrap servers one after the other, each within the timeout.
         servers = len([server for server in self.settings.bootstrap_servers.split(",") if server])
+        failures = _BootstrapFailures()
+        _AIOKAFKA_CLIENT_LOG.addHandler(failures)
         try:
-            async with self._bounded("connecting", self.settings.request_timeout_s * servers):
+            async with self._bounded(
+                "connecting", self.settings.request_timeout_s * servers, failures.reasons
+            ):
                 await client.start()
         except BaseException:
             await client.close()
             raise
+        finally:
+            _AIOKAFKA_CLIENT_LOG.removeHandler(failures)
         return client
 
     async def close(self) -> None:
@@ -129,22 +136,48 @@ class KafkaAdmin:
             raise
 
     @asynccontextmanager
-    async def _bounded(self, doing: str, seconds: float) -> AsyncIterator[None]:
+    async def _bounded(
+        self, doing: str, seconds: float, reasons: Sequence[str] = ()
+    ) -> AsyncIterator[None]:
         try:
             async with asyncio.timeout(seconds):
                 yield
         except _TIMED_OUT as error:
             raise self._unavailable(doing, f"no answer within {seconds:g} s") from error
         except _UNREACHABLE as error:
-            raise self._unavailable(doing, _detail(error, doing)) from error
+            raise self._unavailable(doing, _detail(error, doing, reasons)) from error
 
     def _unavailable(self, doing: str, detail: str) -> KafkaUnavailable:
         where = self.settings.bootstrap_servers
         return KafkaUnavailable(f"cannot reach Kafka at {where} while {doing}: {detail}")
 
 
-def _detail(error: Exception, doing: str) -> str:
+def _detail(error: Exception, doing: str, reasons: Sequence[str] = ()) -> str:
     if doing == "connecting" and isinstance(error, KafkaConnectionError):
         # aiokafka logs why each server failed and raises "Unable to bootstrap from [(...)]".
-        return "no bootstrap server accepted a connection and answered"
+        detail = "no bootstrap server accepted a connection and answered"
+        return f"{detail} ({'; '.join(reasons)})" if reasons else detail
     return str(error.args[0]) if error.args else type(error).__name__
+
+
+_AIOKAFKA_CLIENT_LOG = logging.getLogger("aiokafka")  # the client logs under the package name
+_MAX_REASONS = 5
+
+
+class _BootstrapFailures(logging.Handler):
+    """Why aiokafka could not connect to each bootstrap server, from its log.
+
+    aiokafka raises only "Unable to bootstrap" and logs the reason for each server — a refused
+    connection, a certificate that failed verification, ``SaslAuthenticationFailed`` for a wrong
+    password. A status condition that says "cannot reach Kafka" for a wrong password would
+    send a person looking at the network, so the reasons go into the message. (Another client
+    connecting at the same moment could add its reason too; the operator connects one admin.)
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.reasons: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith("Unable connect to") and len(self.reasons) < _MAX_REASONS:
+            self.reasons.append(record.getMessage())
