@@ -314,7 +314,7 @@ async def test_an_unreachable_kafka_raises_kafka_unavailable_at_once_with_a_clea
     assert str(raised.value) == (
         f"cannot reach Kafka at 127.0.0.1:{closed_port} while connecting: "
         "no bootstrap server accepted a connection and answered "
-        f"(Unable connect to \"127.0.0.1:{closed_port}\": [Errno 111] Connect call failed "
+        f'(Unable connect to "127.0.0.1:{closed_port}": [Errno 111] Connect call failed '
         f"('127.0.0.1', {closed_port}))"
     )
     assert raised.value.reason == "KafkaUnavailable"
