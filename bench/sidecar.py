@@ -5,7 +5,9 @@
 Set-up (DESIGN.md "Performance notes"): the app is nginx answering a 40-byte JSON, a process of
 its own; the load generator (``wrk``, keep-alive connections) and the app share CPU 0; the proxy
 under test — nginx (one worker, pooled keep-alive upstream) or ``kmeter-sidecar`` — is pinned to
-CPU 1 with ``taskset``. The sidecar emits its events to the real Kafka of ``scripts/testenv``
+CPU 1 with ``taskset``, and has it to itself: for the measurements, every thread of the test
+environment (the Kafka broker above all, which receives the sidecar's events) is moved to CPU 0
+and put back afterwards. The sidecar emits its events to the real Kafka of ``scripts/testenv``
 (``KMETER_KAFKA_BOOTSTRAP``, or asked from ``scripts/testenv env``), reading a value from every
 response (``--value tokens=$.usage.total_tokens``).
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -194,6 +197,45 @@ def measure(
     return result
 
 
+def testenv_tasks() -> list[int]:
+    """Every thread of the test environment's processes (Kafka, etcd, the API server...): the
+    process groups ``scripts/testenv`` recorded, found through ``/proc``."""
+    run = Path(os.environ.get("KMETER_TESTENV_DIR", REPO / ".testenv"))
+    try:
+        groups = {p["pid"] for p in json.loads((run / "state.json").read_text())["processes"]}
+    except (OSError, ValueError, KeyError):
+        return []
+    tasks = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            group = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2])
+            if group in groups:
+                tasks += [int(task.name) for task in (entry / "task").iterdir()]
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended meanwhile
+    return tasks
+
+
+def pin(tasks: list[int], cpus: set[int]) -> dict[int, set[int]]:
+    """Move ``tasks`` to ``cpus``; returns their previous affinities, for :func:`restore`."""
+    previous = {}
+    for task in tasks:
+        try:
+            previous[task] = os.sched_getaffinity(task)
+            os.sched_setaffinity(task, cpus)
+        except OSError:
+            continue
+    return previous
+
+
+def restore(previous: dict[int, set[int]]) -> None:
+    for task, cpus in previous.items():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(task, cpus)
+
+
 def kafka_bootstrap() -> str:
     if os.environ.get("KMETER_KAFKA_BOOTSTRAP"):
         return os.environ["KMETER_KAFKA_BOOTSTRAP"]
@@ -244,6 +286,7 @@ def main() -> None:
 
     processes: list[subprocess.Popen[bytes]] = []
     results: dict[str, Any] = {}
+    moved: dict[int, set[int]] = {}
     with tempfile.TemporaryDirectory() as temporary:
         directory = Path(temporary)
         rate_script = directory / "rate.lua"
@@ -289,6 +332,10 @@ def main() -> None:
             for port in (app_port, nginx_port, sidecar_port):
                 wait_port(port)
             time.sleep(1)  # the sidecar connects to Kafka
+            # CPU 1 is the proxy's alone: the broker (which receives the sidecar's events) and
+            # the rest of the test environment move to CPU 0 with the load generator and app.
+            moved = pin(testenv_tasks(), {0})
+            results["testenv_threads_moved_to_cpu0"] = len(moved)
             results["direct"] = measure(f"http://127.0.0.1:{app_port}/", None, args, rate_script)
             results["nginx"] = measure(
                 f"http://127.0.0.1:{nginx_port}/", worker_pid(proxy), args, rate_script
@@ -299,6 +346,7 @@ def main() -> None:
             sidecar.send_signal(signal.SIGTERM)
             results["sidecar"]["exit_status"] = sidecar.wait(60)
         finally:
+            restore(moved)
             for process in processes:
                 if process.poll() is None:
                     process.terminate()

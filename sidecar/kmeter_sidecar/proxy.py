@@ -163,6 +163,7 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel: asyncio.Transport | None = None
         self.tunnel_pending = b""
         self.served_any = False
+        self.corked: list[bytes] | None = None  # writes held back by cork()
 
     # --- asyncio.Protocol -----------------------------------------------------------------
 
@@ -424,12 +425,28 @@ class ClientConnection(asyncio.Protocol):
 
     # --- called by the upstream connection ------------------------------------------------
 
+    def cork(self) -> None:
+        """Hold writes back until :meth:`uncork`. One ``data_received`` from the app usually
+        holds a whole small response — head, body, end — which then leaves in one system
+        call instead of two or three (system calls are most of the sidecar's CPU)."""
+        if self.corked is None:
+            self.corked = []
+
+    def uncork(self) -> None:
+        pending, self.corked = self.corked, None
+        if pending and self.transport is not None:
+            self.transport.writelines(pending)
+
     def write(self, data: bytes) -> None:
-        if self.transport is not None:
+        if self.corked is not None:
+            self.corked.append(data)
+        elif self.transport is not None:
             self.transport.write(data)
 
     def writelines(self, data: tuple[bytes, ...]) -> None:
-        if self.transport is not None:
+        if self.corked is not None:
+            self.corked.extend(data)
+        elif self.transport is not None:
             self.transport.writelines(data)
 
     def informational(self, head: bytes) -> None:
@@ -611,6 +628,7 @@ class ClientConnection(asyncio.Protocol):
                 self._close()
 
     def _close(self) -> None:
+        self.uncork()  # what is held back goes first: close() flushes only the transport
         if self.transport is not None:
             self.transport.close()
 

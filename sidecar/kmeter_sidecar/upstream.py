@@ -138,8 +138,16 @@ class UpstreamConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return
+        client = self.client
         try:
-            self.parser.feed_data(data)
+            if client is None:
+                self.parser.feed_data(data)
+            else:
+                client.cork()  # the response parts this data completes leave in one write
+                try:
+                    self.parser.feed_data(data)
+                finally:
+                    client.uncork()  # before any error handling below writes or closes
         except HttpParserUpgrade as upgrade:
             self._switch_protocols(data[upgrade.args[0] :])
         except HttpParserCallbackError as error:
