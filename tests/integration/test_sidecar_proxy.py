@@ -30,14 +30,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError
 from tests.support.faults import KafkaBroker
 from tests.support.http import App, serve_in_thread
+from tests.support.kafka import create_ingest_topic, read_events
 from tests.support.operator import free_port
-
-from kmeter.topics import ingest_topic
 
 REPO = Path(__file__).resolve().parents[2]
 SIDECAR = REPO / ".venv" / "bin" / "kmeter-sidecar"
@@ -186,62 +182,6 @@ class Sidecar:
         return self.log.read_text()
 
 
-async def create_topic(bootstrap: str, namespace: str) -> str:
-    """The namespace's ingest topic (3 partitions). The broker is shared with other tests that
-    stop and start it, so a refused connection is retried for a while."""
-    topic = ingest_topic(namespace)
-    deadline = time.monotonic() + 90
-    while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        try:
-            await admin.start()
-            await admin.create_topics([NewTopic(topic, 3, 1)])
-            return topic
-        except KafkaConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(1)
-        finally:
-            await admin.close()
-
-
-async def read_events(bootstrap: str, namespace: str) -> list[tuple[bytes, dict[str, Any]]]:
-    """Every (key, event) in the namespace's ingest topic."""
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            return await _read_events(bootstrap, namespace)
-        except KafkaError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(1)
-
-
-async def _read_events(bootstrap: str, namespace: str) -> list[tuple[bytes, dict[str, Any]]]:
-    topic = ingest_topic(namespace)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            found_partitions = consumer.partitions_for_topic(topic)
-            if not found_partitions:
-                raise KafkaConnectionError("no metadata for the topic yet")
-            partitions = [TopicPartition(topic, p) for p in found_partitions]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        found: list[tuple[bytes, dict[str, Any]]] = []
-        while [p for p in partitions if await consumer.position(p) < ends[p]]:
-            batch = await consumer.getmany(timeout_ms=2000)
-            for messages in batch.values():
-                found.extend((m.key, json.loads(m.value)) for m in messages)
-        return found
-    finally:
-        await consumer.stop()
-
-
 def start_sidecar(
     bootstrap: str, app: App, tmp_path: Path, *args: str, env: dict[str, str] | None = None
 ) -> Sidecar:
@@ -249,7 +189,7 @@ def start_sidecar(
     namespace = f"sc-{uuid.uuid4().hex[:10]}"
     # in a thread of its own: the caller may be inside a running event loop
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, create_topic(bootstrap, namespace)).result()
+        pool.submit(asyncio.run, create_ingest_topic(bootstrap, namespace)).result()
     log = tmp_path / f"sidecar-{port}.log"
     command = [
         str(SIDECAR),

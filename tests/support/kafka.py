@@ -1,4 +1,5 @@
-"""What the real broker says about a topic, asked with a plain aiokafka admin client.
+"""What the real broker says about a topic, asked with a plain aiokafka admin client, and
+the usage events in a namespace's ingest topic, read with a plain consumer.
 
 Tests check kmeter's effects through this independent view, not through kmeter's own adapter.
 """
@@ -6,11 +7,17 @@ Tests check kmeter's effects through this independent view, not through kmeter's
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from kmeter.topics import ingest_topic
 
 TOPIC_OVERRIDE = 1  # DescribeConfigs source: set on the topic itself
 
@@ -91,3 +98,59 @@ def consumer_groups(bootstrap: str) -> set[str]:
             await admin.close()
 
     return asyncio.run(listed())
+
+
+async def read_events(bootstrap: str, namespace: str) -> list[tuple[bytes, dict[str, Any]]]:
+    """Every (key, event) in the namespace's ingest topic."""
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            return await _read_events(bootstrap, namespace)
+        except KafkaError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1)
+
+
+async def _read_events(bootstrap: str, namespace: str) -> list[tuple[bytes, dict[str, Any]]]:
+    topic = ingest_topic(namespace)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            found_partitions = consumer.partitions_for_topic(topic)
+            if not found_partitions:
+                raise KafkaConnectionError("no metadata for the topic yet")
+            partitions = [TopicPartition(topic, p) for p in found_partitions]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        found: list[tuple[bytes, dict[str, Any]]] = []
+        while [p for p in partitions if await consumer.position(p) < ends[p]]:
+            batch = await consumer.getmany(timeout_ms=2000)
+            for messages in batch.values():
+                found.extend((m.key, json.loads(m.value)) for m in messages)
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def create_ingest_topic(bootstrap: str, namespace: str) -> str:
+    """The namespace's ingest topic (3 partitions). The broker is shared with other tests that
+    stop and start it, so a refused connection is retried for a while."""
+    topic = ingest_topic(namespace)
+    deadline = time.monotonic() + 90
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            await admin.start()
+            await admin.create_topics([NewTopic(topic, 3, 1)])
+            return topic
+        except KafkaConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1)
+        finally:
+            await admin.close()
