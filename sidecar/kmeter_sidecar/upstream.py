@@ -126,6 +126,8 @@ class UpstreamConnection(asyncio.Protocol):
         if not self.got_response:
             client.upstream_lost(exchange, retry=self.reused and exchange.retryable())
         elif self.mode == UNTIL_CLOSE:
+            if self.chunk_out:  # re-chunked for an HTTP/1.1 client: the app's close ends it
+                client.write(b"0\r\n\r\n")
             client.response_complete(exchange, reusable=False)
         else:
             client.upstream_broke(exchange)

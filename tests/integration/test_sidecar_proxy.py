@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -434,6 +435,84 @@ async def test_a_200_mb_upload_streams_through_with_bounded_sidecar_memory(
     assert peak - baseline < 20 * 1024, (baseline, peak)  # KiB: far below the 200 MiB sent
     assert peak < 80 * 1024
     assert await asyncio.to_thread(sidecar.terminate) == 0
+
+
+@contextlib.contextmanager
+def close_delimited_app(body: bytes) -> Iterator[int]:
+    """An app that answers every request with ``body`` delimited by closing the connection
+    (no Content-Length, no chunking), as HTTP/1.0-era servers do; yields its port."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = server.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                received = b""
+                while b"\r\n\r\n" not in received and (chunk := connection.recv(65536)):
+                    received += chunk
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                   b"Connection: close\r\n\r\n" + body)  # fmt: skip
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+async def test_a_body_the_app_ends_by_closing_reaches_an_http11_client_complete_and_at_once(
+    sidecar_factory: Any, kafka_bootstrap: str
+) -> None:
+    body = json.dumps({"usage": {"total_tokens": 7}, "pad": "x" * 5000}).encode()
+    with close_delimited_app(body) as port:
+        sidecar = sidecar_factory("--upstream", f"127.0.0.1:{port}")
+        started = time.monotonic()
+        request = b"GET /old HTTP/1.1\r\nHost: x\r\nX-Customer-Id: c\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", sidecar.port), timeout=10) as sock:
+            sock.sendall(request)
+            received = b""
+            while not received.endswith(b"\r\n0\r\n\r\n"):  # the end of a chunked body
+                chunk = sock.recv(65536)
+                assert chunk, f"the sidecar closed before the body ended: {received[-200:]!r}"
+                received += chunk
+        assert time.monotonic() - started < 5, "the end of the body came without waiting"
+        head, _, chunked = received.partition(b"\r\n\r\n")
+        assert b"transfer-encoding: chunked" in head.lower()
+        assert dechunk(chunked) == body
+    ((_, event),) = await events_after_shutdown(sidecar, kafka_bootstrap)
+    assert event["data"]["usage"] == {"total_tokens": 7}
+
+
+def dechunk(data: bytes) -> bytes:
+    out = b""
+    while True:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return out
+        out, data = out + data[:size], data[size + 2 :]
+
+
+async def test_pipelined_requests_are_answered_in_order_each_with_its_own_event(
+    sidecar: Sidecar, kafka_bootstrap: str
+) -> None:
+    requests = b"".join(
+        b"GET /json?n=%d HTTP/1.1\r\nHost: x\r\nX-Customer-Id: p%d\r\n%s\r\n"
+        % (n, n, b"Connection: close\r\n" if n == 2 else b"")
+        for n in range(3)
+    )
+    answered = await asyncio.to_thread(raw_exchange, sidecar.port, requests)
+    assert answered.count(b"HTTP/1.1 200 OK") == 3, answered
+    events = await events_after_shutdown(sidecar, kafka_bootstrap)
+    assert sorted(event["subject"] for _, event in events) == ["p0", "p1", "p2"]
 
 
 async def test_an_unreachable_app_gets_502_and_a_slow_one_504_as_problem_json(
