@@ -25,13 +25,13 @@ from typing import Final
 
 from kmeter.core.jsonpath import JSONPathError, compile_path
 from kmeter.core.jsonpath import Path as JSONPath
-from kmeter.kafka.settings import KafkaSettings
+from kmeter.kafka.settings import DEFAULT_REQUEST_TIMEOUT_MS, KafkaSettings
 from kmeter_sidecar import __version__
 from kmeter_sidecar.subject import SubjectSource, parse_subject_source
 
 ENV_PREFIX: Final = "KMETER_"
 ANONYMOUS: Final = "anonymous"
-KAFKA_REQUEST_TIMEOUT_MS: Final = 10_000
+KAFKA_REQUEST_TIMEOUT_MS: Final = DEFAULT_REQUEST_TIMEOUT_MS
 _VALUE_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RESERVED_VALUE_NAMES: Final = frozenset(
     {"method", "route", "status", "duration_ms", "request_bytes", "response_bytes", "aborted"}

@@ -40,6 +40,7 @@ from tests.support.processes import Running
 
 from kmeter.injector.patch import Inject, decide
 from kmeter.injector.settings import InjectorSettings
+from kmeter.kafka import tenant_credentials
 from kmeter.kafka.settings import KafkaSettings
 
 BIN = Path(sys.executable).parent
@@ -58,6 +59,16 @@ def client_variables(kafka: KafkaSettings) -> dict[str, str]:
     }
 
 
+def operator_variables(kafka: KafkaSettings) -> dict[str, str]:
+    """The operator's variables; the test broker has one user, so the tenants' credentials
+    are the same (a production install gives them a principal of their own)."""
+    return {
+        **client_variables(kafka),
+        "KMETER_KAFKA_TENANT_SASL_USERNAME": str(kafka.sasl_username),
+        "KMETER_KAFKA_TENANT_SASL_PASSWORD": str(kafka.sasl_password),
+    }
+
+
 @pytest.fixture(scope="module")
 def secure_operator(
     testenv: Environment,
@@ -73,13 +84,14 @@ def secure_operator(
             "kafka.securityProtocol=SASL_SSL",
             "kafka.sasl.secret.name=kafka-sasl",
             "kafka.tls.caSecret.name=kafka-ca",
+            "kafka.sasl.tenantSecret.name=kafka-tenants",
         ],
     )
     process = OperatorProcess(
         kube_users.kubeconfig_for("ClusterRole", role),
         kafka_secure.bootstrap_servers,
         tmp_path_factory.mktemp("secure-operator"),
-        extra_env=client_variables(kafka_secure),
+        extra_env=operator_variables(kafka_secure),
     )
     process.start()
     yield process
@@ -118,6 +130,10 @@ def mount_secret(secret: Any, directory: Path) -> None:
         (directory / key).write_bytes(base64.b64decode(value))
 
 
+def fingerprint_of(secret: Any) -> str:
+    return tenant_credentials.fingerprint({"data": secret.data})
+
+
 def literal_env(container: Mapping[str, Any]) -> dict[str, str]:
     """A container's variables with literal values (fieldRef & co. are the caller's to set)."""
     return {item["name"]: item["value"] for item in container.get("env") or [] if "value" in item}
@@ -149,6 +165,8 @@ def test_a_worker_and_a_sidecar_on_tls_and_sasl_count_every_request_with_the_nam
     mount = next(m for m in worker["volumeMounts"] if m["name"] == "kmeter-kafka")
     volume = next(v for v in pod["volumes"] if v["name"] == "kmeter-kafka")
     assert volume["secret"]["secretName"] == "kmeter-kafka"
+    annotations = deployment.spec.template.metadata.annotations
+    assert annotations["kmeter.io/kafka-credentials"] == fingerprint_of(secret)
     worker_env = literal_env(worker)
     assert worker_env["KMETER_KAFKA_CREDENTIALS_DIR"] == mount["mountPath"]
     mounted = tmp_path / "worker-kafka"

@@ -138,7 +138,7 @@ def test_the_usage_api_is_a_deployment_behind_a_service_with_probes_on_its_healt
 def test_kafka_tls_and_sasl_secrets_reach_the_usage_api(testenv: Environment) -> None:
     documents = render(
         testenv, "kafka.securityProtocol=SASL_SSL", "kafka.sasl.secret.name=kafka-user",
-        "kafka.tls.caSecret.name=kafka-ca",
+        "kafka.tls.caSecret.name=kafka-ca", "kafka.sasl.tenantSecret.name=kafka-tenants",
     )  # fmt: skip
     pod = the(documents, "Deployment", "demo-kmeter-api")["spec"]["template"]["spec"]
     [container] = pod["containers"]
@@ -173,10 +173,28 @@ def test_tenant_credentials_reach_the_operator_and_sidecars_learn_how_to_connect
     )
     # The operator may write the tenant Secrets; on PLAINTEXT it gets no Secret rights at all.
     role = the(documents, "ClusterRole", "demo-kmeter-operator")
-    assert {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["kmeter-kafka"],
-            "verbs": ["patch"]} in role["rules"]  # fmt: skip
+    secrets = [rule for rule in role["rules"] if "secrets" in rule["resources"]]
+    assert secrets == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["kmeter-kafka"],
+            "verbs": ["create", "patch"],
+        }
+    ]
     plain = the(render(testenv), "ClusterRole", "demo-kmeter-operator")
     assert not [rule for rule in plain["rules"] if "secrets" in rule["resources"]]
+
+
+def test_sasl_without_tenant_credentials_fails_the_install_saying_why(testenv: Environment) -> None:
+    result = helm(
+        testenv, "template", "demo", str(CHART), "--set", "kafka.bootstrapServers=kafka:9092",
+        "--set", "kafka.securityProtocol=SASL_SSL", "--set", "kafka.sasl.secret.name=kafka-admin",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "kafka.sasl.tenantSecret.name is required with a SASL_* securityProtocol" in (
+        result.stderr
+    )
 
 
 def exported_metric_names() -> set[str]:

@@ -35,6 +35,8 @@ SASL_SSL = {
     "KMETER_KAFKA_SASL_USERNAME": "operator",
     "KMETER_KAFKA_SASL_PASSWORD": "operator-secret",
     "KMETER_KAFKA_CA_FILE": "/etc/kmeter/kafka-ca/ca.crt",
+    "KMETER_KAFKA_TENANT_SASL_USERNAME": "tenants",
+    "KMETER_KAFKA_TENANT_SASL_PASSWORD": "tenant-secret",
 }
 
 
@@ -90,45 +92,56 @@ def test_sasl_without_a_mechanism_is_refused_even_with_a_credentials_directory()
         KafkaSettings("kafka:9093", security_protocol="SASL_SSL", credentials_dir="/etc/kafka")
 
 
-def test_the_tenant_secret_holds_the_operators_credentials_and_ca_and_names_the_meter() -> None:
+def test_the_tenant_secret_holds_the_tenant_credentials_and_the_operators_ca() -> None:
     settings = OperatorSettings.from_environment(SASL_SSL)
     secret = tenant_credentials.tenant_secret(
         METER, settings.kafka, settings.tenant_sasl_credentials(), b"PEM"
     )
-    assert secret["metadata"]["name"] == "kmeter-kafka"
-    assert secret["metadata"]["namespace"] == "shop"
+    assert (secret["metadata"]["name"], secret["metadata"]["namespace"]) == ("kmeter-kafka", "shop")
     assert decoded(secret) == {
-        "sasl-username": b"operator",
-        "sasl-password": b"operator-secret",
+        "sasl-username": b"tenants",
+        "sasl-password": b"tenant-secret",
         "ca.crt": b"PEM",
     }
-    (owner,) = secret["metadata"]["ownerReferences"]
+    assert "ownerReferences" not in secret["metadata"]  # applied apart, per Meter
+
+
+def test_each_meter_owns_the_secret_through_its_own_entry_and_field_manager() -> None:
+    part = tenant_credentials.ownership(METER)
+    (owner,) = part["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"], owner["uid"]) == ("Meter", "tokens", "3f0c-uid")
     assert "controller" not in owner  # every Meter of the namespace co-owns it
+    assert "data" not in part  # the data is the operator's, under one field manager
+    other = {**METER, "metadata": {**METER["metadata"], "uid": "other-uid"}}
+    assert tenant_credentials.owner_manager(METER) != tenant_credentials.owner_manager(other)
 
 
-def test_tenant_credentials_replace_the_operators_own_when_the_chart_gives_them() -> None:
-    settings = OperatorSettings.from_environment(
-        {
-            **SASL_SSL,
-            "KMETER_KAFKA_TENANT_SASL_USERNAME": "tenants",
-            "KMETER_KAFKA_TENANT_SASL_PASSWORD": "tenant-secret",
-        }
-    )
-    secret = tenant_credentials.tenant_secret(
-        METER, settings.kafka, settings.tenant_sasl_credentials(), None
-    )
-    assert decoded(secret) == {"sasl-username": b"tenants", "sasl-password": b"tenant-secret"}
+def test_sasl_without_tenant_credentials_is_refused_at_start() -> None:
+    without = {k: v for k, v in SASL_SSL.items() if "TENANT" not in k}
+    with pytest.raises(OperatorSettingsError, match="needs the tenant SASL credentials"):
+        OperatorSettings.from_environment(without)
 
 
 def test_a_tenant_username_without_a_password_is_refused() -> None:
+    without = {k: v for k, v in SASL_SSL.items() if k != "KMETER_KAFKA_TENANT_SASL_PASSWORD"}
     with pytest.raises(OperatorSettingsError, match="go together"):
-        OperatorSettings.from_environment({**SASL_SSL, "KMETER_KAFKA_TENANT_SASL_USERNAME": "x"})
+        OperatorSettings.from_environment(without)
 
 
-def test_each_meter_applies_the_secret_under_a_field_manager_of_its_own() -> None:
-    other = {**METER, "metadata": {**METER["metadata"], "uid": "other-uid"}}
-    assert tenant_credentials.field_manager(METER) != tenant_credentials.field_manager(other)
+def test_new_credentials_or_a_new_ca_roll_the_workers() -> None:
+    settings = OperatorSettings.from_environment(SASL_SSL)
+
+    def annotation(secret: dict[str, Any]) -> str:
+        fingerprint = tenant_credentials.fingerprint(secret)
+        deployment = worker_deployment(METER, METER["spec"], settings, (), fingerprint)
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        return str(annotations["kmeter.io/kafka-credentials"])
+
+    kafka = settings.kafka
+    first = annotation(tenant_credentials.tenant_secret(METER, kafka, ("a", "b"), b"CA"))
+    assert first == annotation(tenant_credentials.tenant_secret(METER, kafka, ("a", "b"), b"CA"))
+    assert first != annotation(tenant_credentials.tenant_secret(METER, kafka, ("a", "c"), b"CA"))
+    assert first != annotation(tenant_credentials.tenant_secret(METER, kafka, ("a", "b"), b"CB"))
 
 
 def test_a_worker_on_a_secured_kafka_mounts_the_secret_and_reads_its_credentials_from_it() -> None:

@@ -140,6 +140,8 @@ def test_kafka_tls_and_sasl_come_from_the_environment_the_chart_sets() -> None:
             "KMETER_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
             "KMETER_KAFKA_SASL_USERNAME": "kmeter",
             "KMETER_KAFKA_SASL_PASSWORD": "s3cret",
+            "KMETER_KAFKA_TENANT_SASL_USERNAME": "tenants",
+            "KMETER_KAFKA_TENANT_SASL_PASSWORD": "t3nant",
         }
     )
     options = settings.kafka.client_options()
@@ -149,6 +151,7 @@ def test_kafka_tls_and_sasl_come_from_the_environment_the_chart_sets() -> None:
         "kmeter",
     )
     assert "s3cret" not in repr(settings), "the password never shows in logs"
+    assert "t3nant" not in repr(settings)
 
 
 def test_sasl_without_credentials_is_refused_with_what_is_missing() -> None:

@@ -26,11 +26,11 @@
 
 {{/* What the operator writes into tenant namespaces for workers and sidecars. */}}
 {{- define "kmeter.kafka.tenantEnv" -}}
-{{- if and (hasPrefix "SASL_" .Values.kafka.securityProtocol) .Values.kafka.sasl.tenantSecret.name }}
+{{- if hasPrefix "SASL_" .Values.kafka.securityProtocol }}
 - name: KMETER_KAFKA_TENANT_SASL_USERNAME
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.kafka.sasl.tenantSecret.name }}
+      name: {{ required "kafka.sasl.tenantSecret.name is required with a SASL_* securityProtocol: the credentials the operator copies into every metered namespace for workers and sidecars (docs/install.md); name the operator's own Secret only if you accept that tenants can read them" .Values.kafka.sasl.tenantSecret.name }}
       key: {{ .Values.kafka.sasl.tenantSecret.usernameKey }}
 - name: KMETER_KAFKA_TENANT_SASL_PASSWORD
   valueFrom:

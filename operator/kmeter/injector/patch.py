@@ -151,7 +151,10 @@ def _plan(
     if ADMIN_PORT_NAME in taken_names:
         return Refusal(f"the pod already has a port named {ADMIN_PORT_NAME!r}")
     volumes = {str(v.get("name")) for v in spec.get("volumes") or []}
-    for volume in (SPOOL_VOLUME, JWT_KEY_VOLUME, tenant_credentials.VOLUME):
+    ours = [SPOOL_VOLUME, JWT_KEY_VOLUME]
+    if tenant_credentials.needs_credentials(settings.sidecar.kafka_security_protocol):
+        ours.append(tenant_credentials.VOLUME)
+    for volume in ours:
         if volume in volumes:
             return Refusal(f"the pod already has a volume named {volume!r}")
     new_name = renamed_port(port_name, taken_names | {ADMIN_PORT_NAME})

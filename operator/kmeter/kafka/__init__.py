@@ -2,14 +2,15 @@
 
 One module per role, as aiokafka itself is laid out:
 
-* :mod:`kmeter.kafka.admin` — connection settings, opening and closing the admin client, and
-  the one exception that says Kafka cannot be reached (``KafkaUnavailable``);
+* :mod:`kmeter.kafka.settings` — how every kmeter process connects (``KafkaSettings``: address,
+  TLS, SASL, credentials read from a mounted directory); every producer, consumer and admin
+  client takes its options from ``KafkaSettings.client_options()``;
+* :mod:`kmeter.kafka.tenant_credentials` — the ``kmeter-kafka`` Secret that carries those
+  credentials into the Meters' namespaces, and how workers and sidecars mount it;
+* :mod:`kmeter.kafka.admin` — opening and closing the admin client, and the one exception that
+  says Kafka cannot be reached (``KafkaUnavailable``);
 * :mod:`kmeter.kafka.topics` — the topic reconciler: desired topics in, Kafka brought to them,
-  a typed outcome per topic back.
-
-The producer and consumer adapters (usage API, sidecar, aggregation workers) come later, beside
-these, and take their connection options from the same
-:class:`~kmeter.kafka.admin.KafkaSettings`.
+  a typed outcome per topic back; :mod:`kmeter.kafka.groups` — consumer groups.
 
 aiokafka is untyped: its results are turned into this package's frozen dataclasses at the
 boundary, and nothing untyped leaves it.

@@ -1,4 +1,4 @@
-"""Kafka's admin client: connection settings, opening and closing it, and bounded calls.
+"""Kafka's admin client: opening and closing it, and bounded calls (settings: :mod:`kmeter.kafka.settings`).
 
 Two things matter to the operator, and both live here:
 
@@ -162,6 +162,7 @@ def _detail(error: Exception, doing: str, reasons: Sequence[str] = ()) -> str:
 
 _AIOKAFKA_CLIENT_LOG = logging.getLogger("aiokafka")  # the client logs under the package name
 _MAX_REASONS = 5
+_BOOTSTRAP_FAILURE = 'Unable connect to "%s:%s": %s'  # aiokafka.client.AIOKafkaClient.bootstrap
 
 
 class _BootstrapFailures(logging.Handler):
@@ -171,7 +172,7 @@ class _BootstrapFailures(logging.Handler):
     connection, a certificate that failed verification, ``SaslAuthenticationFailed`` for a wrong
     password. A status condition that says "cannot reach Kafka" for a wrong password would
     send a person looking at the network, so the reasons go into the message. (Another client
-    connecting at the same moment could add its reason too; the operator connects one admin.)
+    of the process bootstrapping at the same moment could add its reason too.)
     """
 
     def __init__(self) -> None:
@@ -179,5 +180,6 @@ class _BootstrapFailures(logging.Handler):
         self.reasons: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if str(record.msg).startswith("Unable connect to") and len(self.reasons) < _MAX_REASONS:
+        # Exactly the bootstrap line: "Unable connect to node with id ..." is another client's.
+        if record.msg == _BOOTSTRAP_FAILURE and len(self.reasons) < _MAX_REASONS:
             self.reasons.append(record.getMessage())

@@ -12,7 +12,7 @@ Credentials come one of two ways:
 * **A directory** ``KMETER_KAFKA_CREDENTIALS_DIR`` holding the files :data:`USERNAME_FILE`,
   :data:`PASSWORD_FILE` and :data:`CA_FILE`: workers and sidecars, which run in tenant
   namespaces, where the operator writes the Secret :data:`TENANT_SECRET` that the kubelet
-  mounts there (``kmeter.operator.kafka_credentials``). The files are read at every
+  mounts there (:mod:`kmeter.kafka.tenant_credentials`). The files are read at every
   :meth:`client_options` call — that is, at every connection attempt — so a sidecar started
   before the Secret existed, or after the credentials were rotated, picks them up without a
   restart (the kubelet refreshes Secret volumes within about a minute). Until then,

@@ -185,23 +185,34 @@ async def apply_quotas(
     )
 
 
+class CredentialsUnreadable(Exception):
+    """The operator cannot read the Kafka CA bundle it should copy to the tenants."""
+
+
 async def apply_kafka_credentials(
     body: Mapping[str, Any], *, kube: KubeClient, settings: OperatorSettings
-) -> None:
-    """Apply the namespace's Kafka credentials Secret as this Meter's part of it, when Kafka
-    is not plain text (:mod:`kmeter.kafka.tenant_credentials`)."""
+) -> str | None:
+    """Apply this Meter's ownership of the namespace's Kafka credentials Secret, then the
+    Secret's data, when Kafka is not plain text (:mod:`kmeter.kafka.tenant_credentials`);
+    returns the data's fingerprint (None on PLAINTEXT)."""
     kafka = settings.kafka
     if not tenant_credentials.needs_credentials(kafka.security_protocol):
-        return
+        return None
     ca_file = kafka.ca_file()
-    # Read at every reconcile: the chart mounts it from a Secret, which may be rotated.
-    ca_bundle = await asyncio.to_thread(Path(ca_file).read_bytes) if ca_file else None
-    sasl = settings.tenant_sasl_credentials() if kafka.uses_sasl else None
+    try:  # read at every reconcile: the chart mounts it from a Secret, which may be rotated
+        ca_bundle = await asyncio.to_thread(Path(ca_file).read_bytes) if ca_file else None
+    except OSError as error:
+        raise CredentialsUnreadable(f"cannot read the Kafka CA bundle {ca_file}: {error}") from None
+    path = resource_path("v1", "secrets", body["metadata"]["namespace"], TENANT_SECRET)
     await kube.apply(
-        resource_path("v1", "secrets", body["metadata"]["namespace"], TENANT_SECRET),
-        tenant_credentials.tenant_secret(body, kafka, sasl, ca_bundle),
-        field_manager=tenant_credentials.field_manager(body),
+        path,
+        tenant_credentials.ownership(body),
+        field_manager=tenant_credentials.owner_manager(body),
     )
+    sasl = settings.tenant_sasl_credentials() if kafka.uses_sasl else None
+    secret = tenant_credentials.tenant_secret(body, kafka, sasl, ca_bundle)
+    await kube.apply(path, secret)
+    return tenant_credentials.fingerprint(secret)
 
 
 async def apply_worker(
@@ -215,7 +226,7 @@ async def apply_worker(
     and its Deployment; returns the Deployment."""
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     await apply_quotas(body, quotas, kube=kube)
-    await apply_kafka_credentials(body, kube=kube, settings=settings)
+    credentials = await apply_kafka_credentials(body, kube=kube, settings=settings)
     worker = worker_name(name)
     await kube.apply(
         resource_path("v1", "serviceaccounts", namespace, worker), worker_service_account(body)
@@ -227,7 +238,9 @@ async def apply_worker(
     )
     return await kube.apply(
         resource_path("apps/v1", "deployments", namespace, worker),
-        worker_deployment(body, body.get("spec") or {}, settings, webhook_secrets(quotas)),
+        worker_deployment(
+            body, body.get("spec") or {}, settings, webhook_secrets(quotas), credentials
+        ),
     )
 
 
@@ -241,8 +254,9 @@ async def _reconcile_worker(
     name = body["metadata"]["name"]
     try:
         applied = await apply_worker(body, quotas, kube=kube, settings=settings)
-    except KubeApiError as error:
-        message = f"cannot apply Deployment {worker_name(name)}: {error}"
+    except (KubeApiError, CredentialsUnreadable) as error:
+        # The API server's message names the object (Deployment, Secret, Role...).
+        message = f"cannot apply the worker {worker_name(name)}: {error}"
         outcome.warnings.append(("WorkerDeployFailed", message))
         outcome.retry_reason = outcome.retry_reason or message
         unknown = Condition(WORKER_AVAILABLE, "Unknown", "WorkerNotDeployed", message)

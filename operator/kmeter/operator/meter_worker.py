@@ -160,9 +160,12 @@ def worker_deployment(
     spec: Mapping[str, Any],
     settings: OperatorSettings,
     secrets: Sequence[str] = (),
+    credentials: str | None = None,
 ) -> dict[str, Any]:
     """The worker Deployment for a Meter (``spec`` is the Meter's spec with defaults);
-    ``secrets`` are the webhook signing Secrets to mount (:func:`webhook_secrets`)."""
+    ``secrets`` are the webhook signing Secrets to mount (:func:`webhook_secrets`);
+    ``credentials`` the fingerprint of the Kafka credentials Secret, whose change rolls the
+    workers (they read the credentials when they connect)."""
     namespace = meter_body["metadata"]["namespace"]
     meter = meter_body["metadata"]["name"]
     workers = spec.get("workers") or {}
@@ -236,6 +239,11 @@ def worker_deployment(
                     "annotations": {
                         "prometheus.io/scrape": "true",
                         "prometheus.io/port": str(METRICS_PORT),
+                        **(
+                            {"kmeter.io/kafka-credentials": credentials}
+                            if credentials is not None
+                            else {}
+                        ),
                     },
                 },
                 "spec": {

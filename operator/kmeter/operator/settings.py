@@ -1,13 +1,14 @@
 """The operator's configuration, from the environment (the chart sets it).
 
 The tenant SASL credentials are what the operator writes for workers and sidecars
-(:mod:`kmeter.kafka.tenant_credentials`); without them, they get the operator's own.
+(:mod:`kmeter.kafka.tenant_credentials`); with a SASL protocol they are required, never
+silently the operator's own.
 
 | variable | meaning | default |
 |---|---|---|
 | ``KMETER_KAFKA_BOOTSTRAP`` | Kafka bootstrap servers, ``host:port[,host:port]`` | required |
 | ``KMETER_KAFKA_SECURITY_PROTOCOL`` … | TLS and SASL: see ``KafkaSettings`` | PLAINTEXT |
-| ``KMETER_KAFKA_TENANT_SASL_USERNAME``, ``_PASSWORD`` | SASL for workers and sidecars | own |
+| ``KMETER_KAFKA_TENANT_SASL_USERNAME``, ``_PASSWORD`` | SASL of workers, sidecars | with SASL |
 | ``KMETER_IMAGE`` | image of the aggregation workers | ``ghcr.io/kmeter/kmeter:<version>`` |
 | ``KMETER_IMAGE_PULL_POLICY`` | their ``imagePullPolicy`` | ``IfNotPresent`` |
 | ``KMETER_RESYNC_SECONDS`` | how often every resource is reconciled to repair drift | ``30`` |
@@ -42,12 +43,19 @@ class OperatorSettings:
     tenant_sasl_username: str | None = None
     tenant_sasl_password: str | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.kafka.uses_sasl and not (self.tenant_sasl_username and self.tenant_sasl_password):
+            raise SettingsError(
+                f"Kafka security protocol {self.kafka.security_protocol} needs the tenant SASL "
+                "credentials too (KMETER_KAFKA_TENANT_SASL_USERNAME and _PASSWORD; the chart's "
+                "kafka.sasl.tenantSecret): they are copied into every metered namespace for its "
+                "workers and sidecars, so they should not be the operator's own — name the "
+                "same Secret only if you accept that (docs/install.md)"
+            )
+
     def tenant_sasl_credentials(self) -> tuple[str, str]:
-        """The SASL username and password written for workers and sidecars: the tenant
-        credentials when both are set, else the operator's own."""
-        if self.tenant_sasl_username and self.tenant_sasl_password:
-            return self.tenant_sasl_username, self.tenant_sasl_password
-        return self.kafka.sasl_credentials()
+        """The SASL username and password written for workers and sidecars."""
+        return self.tenant_sasl_username or "", self.tenant_sasl_password or ""
 
     @property
     def kafka_bootstrap(self) -> str:

@@ -7,8 +7,10 @@
   derived from ``KMETER_MEMORY_LIMIT`` (bytes: the container's memory limit, which the operator
   passes through the downward API) and the ingest topic's partition count
   (:mod:`kmeter.worker.memory`), else 2,000,000;
-* ``KMETER_KAFKA_SECURITY_PROTOCOL``, ``KMETER_KAFKA_CA_FILE``, ``KMETER_KAFKA_SASL_*``: TLS and
-  SASL, as :meth:`kmeter.kafka.admin.KafkaSettings.from_environment` reads them;
+* ``KMETER_KAFKA_SECURITY_PROTOCOL``, ``KMETER_KAFKA_CA_FILE``, ``KMETER_KAFKA_SASL_*``,
+  ``KMETER_KAFKA_CREDENTIALS_DIR``: TLS and SASL, as
+  :meth:`kmeter.kafka.settings.KafkaSettings.from_environment` reads them (the operator sets
+  the credentials directory: the namespace's ``kmeter-kafka`` Secret, mounted);
 * ``KMETER_METRICS_PORT`` (9090): ``/metrics``;
 * ``KMETER_HEALTH_PORT`` (8080): ``/healthz`` and ``/readyz``;
 * ``KMETER_MAX_BATCH`` (20,000): the most records one ``getmany`` returns (larger batches
