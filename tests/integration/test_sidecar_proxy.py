@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -513,6 +514,45 @@ async def test_pipelined_requests_are_answered_in_order_each_with_its_own_event(
     assert answered.count(b"HTTP/1.1 200 OK") == 3, answered
     events = await events_after_shutdown(sidecar, kafka_bootstrap)
     assert sorted(event["subject"] for _, event in events) == ["p0", "p1", "p2"]
+
+
+async def test_expect_100_continue_and_a_head_then_a_get_on_one_connection_arrive_in_order(
+    sidecar: Sidecar, kafka_bootstrap: str
+) -> None:
+    body = b"x" * 1000
+
+    def converse() -> tuple[bytes, bytes]:
+        with socket.create_connection(("127.0.0.1", sidecar.port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /upload HTTP/1.1\r\nHost: x\r\nX-Customer-Id: e\r\n"
+                b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+            )
+            interim = sock.recv(65536)  # the app's 100 Continue, before any body is sent
+            sock.sendall(body)
+            sock.sendall(b"HEAD /json HTTP/1.1\r\nHost: x\r\nX-Customer-Id: h\r\n\r\n")
+            sock.sendall(
+                b"GET /json HTTP/1.1\r\nHost: x\r\nX-Customer-Id: g\r\nConnection: close\r\n\r\n"
+            )
+            rest = b""
+            while chunk := sock.recv(65536):
+                rest += chunk
+            return interim, rest
+
+    interim, rest = await asyncio.to_thread(converse)
+    assert interim.startswith(b"HTTP/1.1 100 Continue\r\n"), interim
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", rest)  # a body may run into the next head
+    assert statuses == [b"200"] * 3, rest  # the POST, the HEAD, the GET in order
+    # (/upload reads the whole body before it answers: an app that answers first makes the
+    # sidecar close after that response, since the request's end is then unknown.)
+    uploaded = json.dumps({"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()})
+    assert uploaded.encode() in rest.split(b"HTTP/1.1 200 OK")[1]
+    assert rest.endswith(b'{"model": "gpt-test", "usage": {"total_tokens": 1234}}')
+    events = await events_after_shutdown(sidecar, kafka_bootstrap)
+    assert sorted((e["subject"], e["data"]["method"]) for _, e in events) == [
+        ("e", "POST"),
+        ("g", "GET"),
+        ("h", "HEAD"),
+    ]
 
 
 async def test_an_unreachable_app_gets_502_and_a_slow_one_504_as_problem_json(
