@@ -169,12 +169,34 @@ def _ms(text: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+def request_script(post_bytes: int) -> str:
+    """wrk's Lua for the request: a GET, or a POST of a JSON body of ``post_bytes`` bytes
+    (an LLM API's request, say)."""
+    if not post_bytes:
+        return ""
+    body = json.dumps({"model": "m", "prompt": "x" * max(0, post_bytes - 26)})
+    return (
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(body)}\n"
+    )
+
+
+def write_scripts(directory: Path, post_bytes: int) -> tuple[Path, Path]:
+    """wrk's scripts: the request alone (max throughput), and paced to ~1,000 requests/s."""
+    request, paced = directory / "request.lua", directory / "rate.lua"
+    request.write_text(request_script(post_bytes) or "-- a GET\n")
+    paced.write_text(request_script(post_bytes) + RATE_SCRIPT)
+    return request, paced
+
+
 def measure(
-    url: str, pid: int | None, args: argparse.Namespace, rate_script: Path
+    url: str, pid: int | None, args: argparse.Namespace, scripts: tuple[Path, Path]
 ) -> dict[str, Any]:
-    wrk(url, connections=args.connections, duration=2)  # warm-up
+    request, rate_script = scripts
+    wrk(url, connections=args.connections, duration=2, script=request)  # warm-up
     before = cpu_seconds(pid) if pid else 0.0
-    peak = wrk(url, connections=args.connections, duration=args.duration)
+    peak = wrk(url, connections=args.connections, duration=args.duration, script=request)
     work = cpu_seconds(pid) - before if pid else 0.0
     before = cpu_seconds(pid) if pid else 0.0
     started = time.monotonic()
@@ -270,6 +292,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--post-bytes", type=int, default=0, help="POST a JSON body of this size instead of GET"
+    )
     args = parser.parse_args()
     for tool in ("wrk", "nginx", "taskset"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -289,8 +314,7 @@ def main() -> None:
     moved: dict[int, set[int]] = {}
     with tempfile.TemporaryDirectory() as temporary:
         directory = Path(temporary)
-        rate_script = directory / "rate.lua"
-        rate_script.write_text(RATE_SCRIPT)
+        scripts = write_scripts(directory, args.post_bytes)
         app_port, nginx_port, sidecar_port = free_port(), free_port(), free_port()
         try:
             app = start_nginx(
@@ -336,12 +360,12 @@ def main() -> None:
             # the rest of the test environment move to CPU 0 with the load generator and app.
             moved = pin(testenv_tasks(), {0})
             results["testenv_threads_moved_to_cpu0"] = len(moved)
-            results["direct"] = measure(f"http://127.0.0.1:{app_port}/", None, args, rate_script)
+            results["direct"] = measure(f"http://127.0.0.1:{app_port}/", None, args, scripts)
             results["nginx"] = measure(
-                f"http://127.0.0.1:{nginx_port}/", worker_pid(proxy), args, rate_script
+                f"http://127.0.0.1:{nginx_port}/", worker_pid(proxy), args, scripts
             )
             results["sidecar"] = measure(
-                f"http://127.0.0.1:{sidecar_port}/", sidecar.pid, args, rate_script
+                f"http://127.0.0.1:{sidecar_port}/", sidecar.pid, args, scripts
             )
             sidecar.send_signal(signal.SIGTERM)
             results["sidecar"]["exit_status"] = sidecar.wait(60)
@@ -362,6 +386,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
         "date": time.strftime("%Y-%m-%d"),
         "connections": args.connections,
+        "request": f"POST of {args.post_bytes} bytes" if args.post_bytes else "GET",
         "duration_s": args.duration,
         "kafka": True,
         **results,

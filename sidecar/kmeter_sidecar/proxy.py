@@ -164,6 +164,8 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel_pending = b""
         self.served_any = False
         self.corked: list[bytes] | None = None  # writes held back by cork()
+        self.feeding = False  # in data_received: writes to the app are held back until its end
+        self.corked_upstreams: list[UpstreamConnection] = []
 
     # --- asyncio.Protocol -----------------------------------------------------------------
 
@@ -198,6 +200,19 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.in_head or self.parsing is None:
             self.head_bytes += len(data)
+        self.feeding = True
+        try:
+            self._feed(data)
+        finally:
+            # What this data gave each app connection (a request head and its body, say)
+            # leaves in one write: UpstreamConnection.send holds it back while feeding.
+            self.feeding = False
+            if self.corked_upstreams:
+                for upstream in self.corked_upstreams:
+                    upstream.uncork()
+                self.corked_upstreams.clear()
+
+    def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as upgrade:
@@ -350,9 +365,9 @@ class ClientConnection(asyncio.Protocol):
         upstream = exchange.upstream
         if upstream is not None and upstream.transport is not None:
             if exchange.request_chunked:
-                upstream.transport.writelines((chunk_header(len(body)), body, b"\r\n"))
+                upstream.send(chunk_header(len(body)), body, b"\r\n")
             else:
-                upstream.transport.write(body)
+                upstream.send(body)
             return
         if exchange.request_chunked:
             exchange.pending += (chunk_header(len(body)), body, b"\r\n")
@@ -371,7 +386,7 @@ class ClientConnection(asyncio.Protocol):
         if exchange.request_chunked and exchange.canned is None:
             upstream = exchange.upstream
             if upstream is not None and upstream.transport is not None:
-                upstream.transport.write(b"0\r\n\r\n")
+                upstream.send(b"0\r\n\r\n")
             else:
                 exchange.pending.append(b"0\r\n\r\n")
 

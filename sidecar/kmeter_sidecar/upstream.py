@@ -66,6 +66,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         self.tunnel: asyncio.Transport | None = None
         self.paused_client = False
+        self.corked: list[bytes] | None = None  # see send()
         self._reset_response()
 
     def _reset_response(self) -> None:
@@ -85,18 +86,41 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = reused
         self._reset_response()
         exchange.upstream = self
-        transport = self.transport
-        assert transport is not None
+        assert self.transport is not None
         pending = exchange.pending
         if pending:
-            pending.insert(0, exchange.head)
-            transport.writelines(pending)
+            self.send(exchange.head, *pending)
             pending.clear()
             exchange.pending_size = 0
             client.buffer_drained()
         else:
-            transport.write(exchange.head)
+            self.send(exchange.head)
         exchange.sent_at = client.sidecar.now()
+
+    def send(self, *data: bytes) -> None:
+        """Write to the app. While the client's data is being parsed, the writes are held back
+        and leave together when it is done (:meth:`uncork`, called by the client): a request
+        head and its body that arrived in one read go out in one system call."""
+        if self.corked is not None:
+            self.corked.extend(data)
+            return
+        client = self.client
+        if client is not None and client.feeding:
+            self.corked = list(data)
+            client.corked_upstreams.append(self)
+            return
+        transport = self.transport
+        if transport is None:
+            return
+        if len(data) == 1:
+            transport.write(data[0])
+        else:
+            transport.writelines(data)
+
+    def uncork(self) -> None:
+        pending, self.corked = self.corked, None
+        if pending and self.transport is not None:
+            self.transport.writelines(pending)
 
     def detach(self) -> None:
         self.client = None
