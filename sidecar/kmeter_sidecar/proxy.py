@@ -449,8 +449,9 @@ class ClientConnection(asyncio.Protocol):
 
     def uncork(self) -> None:
         pending, self.corked = self.corked, None
-        if pending and self.transport is not None:
-            self.transport.writelines(pending)
+        transport = self.transport
+        if pending and transport is not None and not transport.is_closing():
+            transport.writelines(pending)
 
     def write(self, data: bytes) -> None:
         if self.corked is not None:

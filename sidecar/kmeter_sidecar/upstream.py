@@ -119,8 +119,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def uncork(self) -> None:
         pending, self.corked = self.corked, None
-        if pending and self.transport is not None:
-            self.transport.writelines(pending)
+        transport = self.transport
+        # Closed meanwhile (the exchange was abandoned): what was held back has no reader.
+        if pending and transport is not None and not transport.is_closing():
+            transport.writelines(pending)
 
     def detach(self) -> None:
         self.client = None
