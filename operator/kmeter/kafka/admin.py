@@ -1,4 +1,6 @@
-"""Kafka's admin client: opening and closing it, and bounded calls (settings: :mod:`kmeter.kafka.settings`).
+"""Kafka's admin client: opening and closing it, and bounded calls.
+
+The connection settings are :class:`kmeter.kafka.settings.KafkaSettings`.
 
 Two things matter to the operator, and both live here:
 
