@@ -25,7 +25,6 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +35,9 @@ from tests.support.faults import KafkaBroker
 from tests.support.http import App, serve_in_thread
 from tests.support.kafka import create_ingest_topic, read_events
 from tests.support.operator import free_port
+from tests.support.sidecar import SIDECAR, launch_sidecar
+from tests.support.sidecar import SidecarProcess as Sidecar
 
-REPO = Path(__file__).resolve().parents[2]
-SIDECAR = REPO / ".venv" / "bin" / "kmeter-sidecar"
 PATTERN = bytes(range(256)) * 4096  # 1 MiB of every byte value
 
 
@@ -146,83 +145,28 @@ def app() -> Iterator[App]:
 # --- the sidecar ----------------------------------------------------------------------------
 
 
-@dataclass
-class Sidecar:
-    process: subprocess.Popen[bytes]
-    port: int
-    admin_port: int
-    namespace: str
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmRSS")
-
-    def metric(self, name: str) -> float:
-        with socket.create_connection(("127.0.0.1", self.admin_port), timeout=5) as sock:
-            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
-        for line in data.decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-        raise AssertionError(f"no metric {name}")
-
-    def terminate(self) -> int:
-        """SIGTERM, and the exit status."""
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(60)
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-
 def start_sidecar(
     bootstrap: str, app: App, tmp_path: Path, *args: str, env: dict[str, str] | None = None
 ) -> Sidecar:
-    port, admin_port = free_port(), free_port()
+    """A sidecar in front of ``app`` with a fresh namespace, once it listens and Kafka is up."""
     namespace = f"sc-{uuid.uuid4().hex[:10]}"
     # in a thread of its own: the caller may be inside a running event loop
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, create_ingest_topic(bootstrap, namespace)).result()
-    log = tmp_path / f"sidecar-{port}.log"
-    command = [
-        str(SIDECAR),
-        "--port", str(port),
-        "--listen-host", "127.0.0.1",
-        "--upstream", f"127.0.0.1:{app.port}",
-        "--admin-port", str(admin_port),
-        "--admin-host", "127.0.0.1",
-        "--kafka-bootstrap", bootstrap,
-        "--namespace", namespace,
-        "--pod-name", "pod-1",
-        "--spool-dir", str(tmp_path / f"spool-{port}"),
-        "--value", "usage=$.usage",
-        "--value", "model=$.model",
-        *args,
-    ]  # fmt: skip
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
-    sidecar = Sidecar(process, port, admin_port, namespace, log)
+    sidecar = launch_sidecar(
+        bootstrap, app.port, tmp_path, namespace,
+        "--value", "usage=$.usage", "--value", "model=$.model", *args, env=env,
+    )  # fmt: skip
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if sidecar.process.poll() is not None:
             raise AssertionError(f"the sidecar exited: {sidecar.output()}")
         with contextlib.suppress(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            socket.create_connection(("127.0.0.1", sidecar.port), timeout=1).close()
             if sidecar.metric("kmeter_sidecar_kafka_up") == 1:
                 return sidecar
         time.sleep(0.1)
-    process.kill()
+    sidecar.kill()
     raise AssertionError(f"the sidecar did not start: {sidecar.output()}")
 
 

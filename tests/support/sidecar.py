@@ -31,6 +31,12 @@ class SidecarProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
     def admin(self, path: str) -> tuple[int, str]:
         """(status, body) of ``GET path`` on the admin port."""
         with socket.create_connection(("127.0.0.1", self.admin_port), timeout=5) as sock:
