@@ -25,13 +25,12 @@ from typing import Final
 
 from kmeter.core.jsonpath import JSONPathError, compile_path
 from kmeter.core.jsonpath import Path as JSONPath
-from kmeter.kafka.settings import DEFAULT_REQUEST_TIMEOUT_MS, KafkaSettings
+from kmeter.kafka.settings import KafkaSettings
 from kmeter_sidecar import __version__
 from kmeter_sidecar.subject import SubjectSource, parse_subject_source
 
 ENV_PREFIX: Final = "KMETER_"
 ANONYMOUS: Final = "anonymous"
-KAFKA_REQUEST_TIMEOUT_MS: Final = DEFAULT_REQUEST_TIMEOUT_MS
 _VALUE_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RESERVED_VALUE_NAMES: Final = frozenset(
     {"method", "route", "status", "duration_ms", "request_bytes", "response_bytes", "aborted"}
@@ -108,12 +107,11 @@ class Config:
     def upstream(self) -> str:
         return f"{self.upstream_host}:{self.upstream_port}"
 
-    def kafka(self, client_id: str, request_timeout_ms: int) -> KafkaSettings:
+    def kafka(self, client_id: str) -> KafkaSettings:
         """How the emitter and the decisions follower connect (validated by the parser)."""
         return KafkaSettings(
             bootstrap_servers=self.kafka_bootstrap,
             client_id=client_id,
-            request_timeout_ms=request_timeout_ms,
             security_protocol=self.kafka_security_protocol,
             ssl_cafile=self.kafka_ca_file,
             sasl_mechanism=self.kafka_sasl_mechanism,
@@ -435,7 +433,7 @@ def _identity(get: Lookup, env: Mapping[str, str], found: dict[str, object]) -> 
         if given is not None:
             found[name] = given[1]
     try:  # the same checks, and messages, as every other kmeter process
-        Config(**{**_as_kwargs(Config()), **found}).kafka("kmeter-sidecar", 1)  # type: ignore[arg-type]
+        Config(**{**_as_kwargs(Config()), **found}).kafka("kmeter-sidecar")  # type: ignore[arg-type]
     except ValueError as error:
         raise ConfigError(f"Kafka settings (--kafka-*): {error}") from None
     namespace = get("namespace") or (

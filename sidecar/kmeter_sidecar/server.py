@@ -25,7 +25,7 @@ import signal
 import time
 from typing import Any
 
-from kmeter_sidecar.config import KAFKA_REQUEST_TIMEOUT_MS, Config
+from kmeter_sidecar.config import Config
 from kmeter_sidecar.decisions import DecisionsFollower
 from kmeter_sidecar.emitter import Emitter
 from kmeter_sidecar.health import AdminConnection
@@ -71,7 +71,7 @@ class Sidecar:
         else:
             self.spool = Spool(config.spool_dir, config.spool_max_bytes)
             self.emitter = Emitter(
-                kafka=config.kafka("kmeter-sidecar", KAFKA_REQUEST_TIMEOUT_MS),
+                kafka=config.kafka("kmeter-sidecar"),
                 namespace=config.namespace,
                 spool=self.spool,
                 metrics=self.metrics,
@@ -94,7 +94,7 @@ class Sidecar:
         self.decisions: DecisionsFollower | None = None
         if sink is None:
             self.decisions = DecisionsFollower(
-                kafka=config.kafka("kmeter-sidecar-decisions", KAFKA_REQUEST_TIMEOUT_MS),
+                kafka=config.kafka("kmeter-sidecar-decisions"),
                 namespace=config.namespace,
                 table=self.quotas,
                 metrics=self.metrics,

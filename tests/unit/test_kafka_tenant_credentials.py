@@ -212,7 +212,7 @@ def test_an_injected_sidecar_on_a_secured_kafka_mounts_the_secret_optionally() -
     } in pod["spec"]["volumes"]
     # The sidecar accepts exactly that configuration.
     config = parse_config([], {**env, "KMETER_NAMESPACE": "shop"})
-    assert config.kafka("kmeter-sidecar", 1000).credentials_dir == "/etc/kmeter/kafka"
+    assert config.kafka("kmeter-sidecar").credentials_dir == "/etc/kmeter/kafka"
 
 
 def test_an_injected_sidecar_on_plaintext_kafka_gets_no_credentials_volume() -> None:
@@ -245,7 +245,7 @@ def test_the_sidecar_takes_sasl_credentials_from_flags_and_variables() -> None:
         ],
         {"KMETER_KAFKA_SASL_PASSWORD": "from-a-secret"},
     )  # fmt: skip
-    options = config.kafka("kmeter-sidecar", 1000).client_options()
+    options = config.kafka("kmeter-sidecar").client_options()
     assert options["sasl_mechanism"] == "SCRAM-SHA-256"
     assert (options["sasl_plain_username"], options["sasl_plain_password"]) == (
         "shop",
