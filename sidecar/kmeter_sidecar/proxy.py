@@ -166,6 +166,10 @@ class ClientConnection(asyncio.Protocol):
         self.corked: list[bytes] | None = None  # writes held back by cork()
         self.feeding = False  # in data_received: writes to the app are held back until its end
         self.corked_upstreams: list[UpstreamConnection] = []
+        # The client's transport is above its high-water mark: an app connection attached
+        # from now on starts paused (UpstreamConnection.attach), or a client that sends
+        # requests but reads no answers would have each whole next response buffered here.
+        self.writing_paused = False
 
     # --- asyncio.Protocol -----------------------------------------------------------------
 
@@ -239,6 +243,7 @@ class ClientConnection(asyncio.Protocol):
         return self.current is not None and not self.current.finished
 
     def pause_writing(self) -> None:
+        self.writing_paused = True
         if self.tunnel is not None:
             self.tunnel.pause_reading()
             return
@@ -250,6 +255,7 @@ class ClientConnection(asyncio.Protocol):
                 current.upstream.paused_client = True
 
     def resume_writing(self) -> None:
+        self.writing_paused = False
         if self.tunnel is not None:
             self.tunnel.resume_reading()
             return

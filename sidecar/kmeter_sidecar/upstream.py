@@ -87,6 +87,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._reset_response()
         exchange.upstream = self
         assert self.transport is not None
+        if client.writing_paused:  # the client is not reading: nothing more from the app yet
+            self.transport.pause_reading()
+            self.paused_client = True
         pending = exchange.pending
         if pending:
             self.send(exchange.head, *pending)

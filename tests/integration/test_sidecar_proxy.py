@@ -64,6 +64,16 @@ async def app_large(request: web.Request) -> web.Response:
     return web.Response(body=pattern(int(request.query["size"])))
 
 
+ANSWERED_SMALL: list[int] = []  # one entry per /small answered, for tests that pace on it
+
+
+async def app_small(request: web.Request) -> web.Response:
+    size = int(request.query["size"])
+    response = web.Response(body=pattern(size))
+    ANSWERED_SMALL.append(size)
+    return response
+
+
 async def app_chunked(request: web.Request) -> web.StreamResponse:
     size = int(request.query["size"])
     response = web.StreamResponse()
@@ -132,6 +142,7 @@ def app() -> Iterator[App]:
     application = web.Application(client_max_size=1 << 30)
     application.router.add_get("/json", app_json)
     application.router.add_get("/large", app_large)
+    application.router.add_get("/small", app_small)
     application.router.add_get("/chunked", app_chunked)
     application.router.add_post("/upload", app_upload)
     application.router.add_post("/echo", app_echo)
@@ -380,6 +391,45 @@ async def test_a_200_mb_upload_streams_through_with_bounded_sidecar_memory(
     assert peak - baseline < 20 * 1024, (baseline, peak)  # KiB: far below the 200 MiB sent
     assert peak < 80 * 1024
     assert await asyncio.to_thread(sidecar.terminate) == 0
+
+
+def test_a_client_that_sends_requests_but_reads_no_answers_holds_little_sidecar_memory(
+    sidecar: Sidecar,
+) -> None:
+    # Each request is sent only once the previous answer has left the app: 40 KiB arrive at
+    # the sidecar in one read, so the answer that fills the client's socket ends in the very
+    # write that takes the sidecar's buffer past its high-water mark — when no request is in
+    # progress and no app connection can be paused. The next one must start paused, or every
+    # later answer (60 MiB here) piles up in the sidecar's memory.
+    size, requests = 40 * 1024, 1536
+    request = f"GET /small?size={size} HTTP/1.1\r\nHost: app\r\n\r\n".encode()
+    ANSWERED_SMALL.clear()
+    baseline = peak = sidecar.rss_kib()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
+        sock.connect(("127.0.0.1", sidecar.port))
+        pacing = True  # until the sidecar holds a request back (it stops reading the app)
+        for sent in range(1, requests + 1):
+            sock.sendall(request)
+            deadline = time.monotonic() + 1
+            while pacing and len(ANSWERED_SMALL) < sent:
+                pacing = time.monotonic() < deadline
+                time.sleep(0.0005)
+            if pacing:
+                time.sleep(0.002)  # the sidecar reads the answer
+            if sent % 64 == 0:
+                peak = max(peak, sidecar.rss_kib())
+        time.sleep(0.5)
+        peak = max(peak, sidecar.rss_kib())
+        # nothing was lost meanwhile: the answers are all there for a client that reads
+        sock.settimeout(30)
+        received = 0
+        while received < requests * size:
+            chunk = sock.recv(1 << 20)
+            assert chunk, f"closed after {received} bytes"
+            received += len(chunk)
+    assert peak - baseline < 16 * 1024, (baseline, peak)  # KiB, against 60 MiB of answers
+    assert sidecar.terminate() == 0, sidecar.output()
 
 
 @contextlib.contextmanager
