@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 from kmeter import __version__
+from kmeter.core.events import EXTENSION_NAME_PATTERN, JSON_MEDIA_TYPE_PATTERN, TIME_PATTERN
 
 PROBLEM = "application/problem+json"
 
@@ -288,12 +289,35 @@ SCHEMAS: dict[str, Any] = {
             "source": {"type": "string", "minLength": 1},
             "type": {"type": "string", "minLength": 1},
             "subject": {"type": "string", "minLength": 1},
-            "time": {"type": ["string", "null"], "format": "date-time"},
-            "datacontenttype": {"type": ["string", "null"]},
-            "dataschema": {"type": ["string", "null"]},
-            "data": {"type": ["object", "null"]},
+            "time": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "pattern": TIME_PATTERN,
+                "description": "RFC 3339 with Z or an offset, from 1970-01-01 to before "
+                "9000-01-01 in UTC; absent or null: the time of ingest.",
+            },
+            "datacontenttype": {
+                "type": ["string", "null"],
+                "pattern": JSON_MEDIA_TYPE_PATTERN,
+                "description": "A JSON media type: application/json, text/json or */*+json.",
+            },
+            "dataschema": {"type": ["string", "null"], "minLength": 1},
+            "data": {
+                "type": ["object", "null"],
+                "description": "The event's data, nested at most 200 levels deep.",
+            },
+            "data_base64": {
+                "type": "null",
+                "description": "Refused unless null: kmeter reads data as JSON.",
+            },
         },
-        "additionalProperties": True,
+        # every other attribute name is lower-case letters and digits too
+        "propertyNames": {"pattern": f"^(?:{EXTENSION_NAME_PATTERN[1:-1]}|data_base64)$"},
+        "additionalProperties": {
+            "type": ["string", "number", "boolean", "null"],
+            "description": "CloudEvents extension attributes: lower-case ASCII letters and "
+            "digits in the name, a string, number or boolean as the value.",
+        },
     },
     "WindowSize": {"type": "string", "enum": ["MINUTE", "HOUR", "DAY", "MONTH"]},
     "Meter": {

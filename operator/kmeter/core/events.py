@@ -67,8 +67,11 @@ from kmeter.core import exactjson
 from kmeter.core.decimals import describe
 
 __all__ = [
+    "EXTENSION_NAME_PATTERN",
+    "JSON_MEDIA_TYPE_PATTERN",
     "MAX_TIME",
     "MIN_TIME",
+    "TIME_PATTERN",
     "Batch",
     "InvalidEventError",
     "Problem",
@@ -160,11 +163,14 @@ class Batch:
 
 # --- timestamps -----------------------------------------------------------------------------
 
-_RFC3339: Final = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}"
-    r"(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})",
-    re.ASCII,
+_CLOCK: Final = (
+    r"-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
+_RFC3339: Final = re.compile(r"[0-9]{4}" + _CLOCK, re.ASCII)
+
+TIME_PATTERN: Final = r"^(?:19[7-9][0-9]|[2-8][0-9]{3})" + _CLOCK + "$"
+"""``time`` as the OpenAPI document states it: RFC 3339 with an offset, in the years
+1970 to 8999. (The bound applies in UTC: ``1970-01-01T00:30:00+01:00`` matches and is refused.)"""
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -216,7 +222,9 @@ _KNOWN: Final = frozenset(
         "data_base64",
     }
 )
-_EXTENSION_NAME: Final = re.compile(r"[a-z0-9]+", re.ASCII)
+EXTENSION_NAME_PATTERN: Final = "^[a-z0-9]+$"
+"""CloudEvents extension attribute names: lower-case ASCII letters and digits."""
+_EXTENSION_NAME: Final = re.compile(EXTENSION_NAME_PATTERN, re.ASCII)
 _EXTENSION_TYPES: Final = (str, int, float, bool, Decimal)
 
 
@@ -226,9 +234,23 @@ def _string_problem(name: str, value: object) -> Problem:
     return Problem(name, f"must be a non-empty string, got {describe(value)}")
 
 
+def _any_case(word: str) -> str:
+    """``word`` in any letter case, written without flags: the same expression serves Python's
+    ``re`` and the OpenAPI document (ECMA 262)."""
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+JSON_MEDIA_TYPE_PATTERN: Final = (
+    rf"^[ \t]*(?:{_any_case('application/json')}|{_any_case('text/json')}"
+    rf"|[^;]*\+{_any_case('json')})[ \t]*(?:;[\s\S]*)?$"
+)
+"""A ``datacontenttype`` kmeter accepts: ``application/json``, ``text/json`` or ``*/*+json``,
+any case, parameters allowed. Used as is by validation and by the OpenAPI document."""
+_JSON_MEDIA_TYPE: Final = re.compile(JSON_MEDIA_TYPE_PATTERN)
+
+
 def _is_json_media_type(media_type: str) -> bool:
-    essence = media_type.split(";", 1)[0].strip().lower()
-    return essence in ("application/json", "text/json") or essence.endswith("+json")
+    return _JSON_MEDIA_TYPE.fullmatch(media_type) is not None
 
 
 def _slow_checks(obj: JSONObject, problems: list[Problem]) -> dict[str, Any] | None:
