@@ -240,12 +240,14 @@ def _any_case(word: str) -> str:
     return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in word)
 
 
+_SPACE: Final = r"[ \t\n\v\f\r]*"
 JSON_MEDIA_TYPE_PATTERN: Final = (
-    rf"^[ \t]*(?:{_any_case('application/json')}|{_any_case('text/json')}"
-    rf"|[^;]*\+{_any_case('json')})[ \t]*(?:;[\s\S]*)?$"
+    rf"^{_SPACE}(?:{_any_case('application/json')}|{_any_case('text/json')}"
+    rf"|[^;]*\+{_any_case('json')}){_SPACE}(?:;[\s\S]*)?$"
 )
 """A ``datacontenttype`` kmeter accepts: ``application/json``, ``text/json`` or ``*/*+json``,
-any case, parameters allowed. Used as is by validation and by the OpenAPI document."""
+any case, parameters allowed, ASCII white space around. Used as is by validation and by the
+OpenAPI document. (Before 2026-12-06 any Unicode white space around was accepted.)"""
 _JSON_MEDIA_TYPE: Final = re.compile(JSON_MEDIA_TYPE_PATTERN)
 
 
