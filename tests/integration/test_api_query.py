@@ -242,6 +242,17 @@ def test_inexact_rollups_are_refused_with_the_reason(
     assert utc.status == 200
 
 
+@pytest.mark.parametrize("key", ["filterGroupBy[]", "filterGroupBy[model", "filterGroupBy"])
+def test_a_malformed_filter_is_refused_not_ignored(
+    setup: tuple[ApiProcess, list[UsageEvent]], key: str
+) -> None:
+    # ignored, it would answer unfiltered usage to someone who asked for a filter
+    answer = get(setup[0], "tokens", {key: "mini"})
+    assert answer.status == 400
+    assert "filterGroupBy[name]=value" in answer.json()["detail"]
+    assert key in answer.json()["detail"]
+
+
 def test_aborted_totals_are_never_seen(setup: tuple[ApiProcess, list[UsageEvent]]) -> None:
     api, _ = setup
     answer = api.call("GET", "/api/v1/meters/tokens/subjects", token=TOKEN)

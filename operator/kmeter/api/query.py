@@ -106,11 +106,13 @@ def parse_query(request: web.Request) -> Query:
     for key, value in params.items():
         match = _FILTER.match(key)
         if match is None:
-            if key == "filterGroupBy":  # ignoring it would answer unfiltered usage
+            # filterGroupBy, filterGroupBy[], filterGroupBy[a: ignoring any of them would
+            # answer unfiltered usage to someone who asked for a filter
+            if key.startswith("filterGroupBy"):
                 raise ApiError(
                     400,
                     f"filterGroupBy: give each filter as filterGroupBy[name]=value "
-                    f"(a deepObject, as in OpenMeter); got filterGroupBy={value!r}",
+                    f"(a deepObject, as in OpenMeter); got {key}={value!r}",
                 )
             continue
         if match.group(1) in filters:
