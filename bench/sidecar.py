@@ -41,20 +41,21 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-SIDECAR = REPO / ".venv" / "bin" / "kmeter-sidecar"
+sys.path.insert(0, str(REPO))
+
+from tests.support.sidecar import SIDECAR, SidecarProcess  # noqa: E402
+
 BODY = '{"ok":true,"usage":{"total_tokens":42}}'
 RATE_SCRIPT = "function delay()\n  return 10\nend\n"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -197,23 +198,36 @@ def write_scripts(directory: Path, post_bytes: int) -> tuple[Path, Path]:
     return request, paced
 
 
-def sidecar_metrics(admin_port: int) -> dict[str, float]:
-    """The sidecar's own figures from its admin port's ``/metrics`` (Prometheus text)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as answer:
-        text = answer.read().decode()
-    return {
-        name: float(value)
-        for name, value in re.findall(r"^(kmeter_sidecar_\w+) (\S+)$", text, re.MULTILINE)
-    }
+def start_sidecar(
+    directory: Path, *, port: int, admin_port: int, app_port: int, bootstrap: str, namespace: str
+) -> SidecarProcess:
+    """``kmeter-sidecar`` on CPU 1 in front of the app, emitting to the real Kafka."""
+    log = directory / "sidecar.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [
+                "taskset", "-c", "1", str(SIDECAR),
+                "--port", str(port), "--listen-host", "127.0.0.1",
+                "--upstream", f"127.0.0.1:{app_port}",
+                "--admin-port", str(admin_port), "--admin-host", "127.0.0.1",
+                "--kafka-bootstrap", bootstrap, "--namespace", namespace,
+                "--pod-name", "bench", "--spool-dir", str(directory / "spool"),
+                "--value", "tokens=$.usage.total_tokens",
+                "--log-level", "WARNING",
+            ],
+            stderr=output,
+        )  # fmt: skip
+    return SidecarProcess(process, port, admin_port, namespace, log)
 
 
-def wait_until_drained(admin_port: int, timeout: float = 120) -> float:
-    """Seconds until the sidecar holds no event (queue and spool empty): the run at the
-    maximum rate can leave a backlog, and its delivery is not the latency at 1,000 rps."""
+def wait_until_drained(sidecar: SidecarProcess, timeout: float = 120) -> float:
+    """Seconds until the sidecar holds no event (queue and spool empty): the warm-up at full
+    load can leave a backlog, and its delivery is not the latency at 1,000 rps."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        figures = sidecar_metrics(admin_port)
-        if not figures["kmeter_sidecar_queue_depth"] and not figures["kmeter_sidecar_spool_bytes"]:
+        if not sidecar.metric("kmeter_sidecar_queue_depth") and not sidecar.metric(
+            "kmeter_sidecar_spool_bytes"
+        ):
             return round(time.monotonic() - started, 2)
         time.sleep(0.2)
     raise RuntimeError(f"the sidecar still holds events after {timeout} s")
@@ -337,6 +351,7 @@ def main() -> None:
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             raise SystemExit(f"{tool} is missing: apt-get install -y wrk nginx util-linux")
     sys.path.insert(0, str(REPO / "operator"))
+
     from kmeter.topics import ingest_topic, quota_decisions_topic  # noqa: PLC0415
 
     bootstrap = kafka_bootstrap()
@@ -377,20 +392,15 @@ def main() -> None:
                 cpu=1,
             )
             processes.append(proxy)
-            sidecar = subprocess.Popen(
-                [
-                    "taskset", "-c", "1", str(SIDECAR),
-                    "--port", str(sidecar_port), "--listen-host", "127.0.0.1",
-                    "--upstream", f"127.0.0.1:{app_port}",
-                    "--admin-port", str(admin_port), "--admin-host", "127.0.0.1",
-                    "--kafka-bootstrap", bootstrap, "--namespace", namespace,
-                    "--pod-name", "bench", "--spool-dir", str(directory / "spool"),
-                    "--value", "tokens=$.usage.total_tokens",
-                    "--log-level", "WARNING",
-                ],
-                stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            processes.append(sidecar)
+            running = start_sidecar(
+                directory,
+                port=sidecar_port,
+                admin_port=admin_port,
+                app_port=app_port,
+                bootstrap=bootstrap,
+                namespace=namespace,
+            )
+            processes.append(running.process)
             for port in (app_port, nginx_port, sidecar_port):
                 wait_port(port)
             time.sleep(1)  # the sidecar connects to Kafka
@@ -404,18 +414,16 @@ def main() -> None:
             )
             results["sidecar"] = measure(
                 f"http://127.0.0.1:{sidecar_port}/",
-                sidecar.pid,
+                running.process.pid,
                 args,
                 scripts,
-                settle=lambda: wait_until_drained(admin_port),
+                settle=lambda: wait_until_drained(running),
             )
-            figures = sidecar_metrics(admin_port)
             results["sidecar"]["events"] = {
-                kind: int(figures[f"kmeter_sidecar_events_{kind}_total"])
+                kind: int(running.metric(f"kmeter_sidecar_events_{kind}_total"))
                 for kind in ("emitted", "spooled", "replayed", "dropped")
             }
-            sidecar.send_signal(signal.SIGTERM)
-            results["sidecar"]["exit_status"] = sidecar.wait(60)
+            results["sidecar"]["exit_status"] = running.terminate()
         finally:
             restore(moved)
             for process in processes:
