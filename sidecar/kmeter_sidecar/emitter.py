@@ -172,14 +172,18 @@ class Emitter:
             if not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            await asyncio.sleep(self._linger)
-            while self._queue:
-                batch = self._in_flight = self._take()
-                if self._producer is None or not await self._send(batch, SEND_TIMEOUT):
-                    self._spill(batch)
-                else:
-                    self._metrics.events_emitted.inc(len(batch))
-                self._in_flight = []
+            # Every batch lingers, not only the first after a quiet spell: sending again as
+            # soon as an acknowledgement was back made ~110 produce requests a second of ~8
+            # events each at 1,000 requests/s; lingering each time took a tenth off the
+            # sidecar's CPU there (bench/sidecar.py). A full batch goes at once.
+            if len(self._queue) < self._batch_max:
+                await asyncio.sleep(self._linger)
+            batch = self._in_flight = self._take()
+            if self._producer is None or not await self._send(batch, SEND_TIMEOUT):
+                self._spill(batch)
+            else:
+                self._metrics.events_emitted.inc(len(batch))
+            self._in_flight = []
 
     async def _keeper(self) -> None:
         while not self._closing:
