@@ -506,6 +506,7 @@ class ClientConnection(asyncio.Protocol):
         self.close_after = True
 
     def response_complete(self, exchange: Exchange, *, reusable: bool) -> None:
+        self.uncork()  # the client has its response before the bookkeeping below
         upstream = exchange.upstream
         exchange.upstream = None
         if upstream is not None:
