@@ -52,6 +52,8 @@ SEND_TIMEOUT: Final = 15.0
 """Seconds a batch may wait for its acknowledgements before it is spooled."""
 _REPLAY_CHUNK: Final = 2_000
 _CLOSE_TASKS_TIMEOUT: Final = 10.0
+_PARTITION_CACHE_MAX: Final = 10_000
+"""Subjects whose partition is remembered; past it the cache starts again (about 1 MB)."""
 
 Record = tuple[bytes, bytes]
 
@@ -87,6 +89,8 @@ class Emitter:
         self._closing = False
         self._credentials_problem = ""  # logged once per distinct problem
         self._sending_lock = asyncio.Lock()
+        self._partition_of: dict[bytes, int] = {}  # see _produce
+        self._partition_count = 0
         metrics.watch(metrics.queue_depth, lambda: len(self._queue) + len(self._in_flight))
         metrics.watch(metrics.spool_bytes, lambda: self._spool.size_bytes)
         metrics.watch(metrics.kafka_up, lambda: 1.0 if self._producer is not None else 0.0)
@@ -276,12 +280,21 @@ class Emitter:
         1,000 requests/s. Partitions are chosen by the producer's own partitioner (as ``send``
         does), so a subject's events land where every other producer puts them."""
         topic = self.topic
-        await producer.partitions_for(topic)  # metadata, as send() waits for it
+        partitions = await producer.partitions_for(topic)  # metadata, as send() waits for it
+        # A key's partition depends on the key and the partition count alone (murmur2, as in
+        # Kafka's Java client), and aiokafka computes murmur2 in Python, byte by byte: a few
+        # µs an event. Subjects repeat, so the answer is kept while the count stays.
+        cache = self._partition_of
+        if len(partitions) != self._partition_count or len(cache) > _PARTITION_CACHE_MAX:
+            cache.clear()
+            self._partition_count = len(partitions)
         choose = producer._partition  # aiokafka's default partitioner, the one send() uses
         batches: dict[int, Any] = {}
         futures = []
         for key, value in records:
-            partition = choose(topic, None, None, None, key, value)
+            partition = cache.get(key)
+            if partition is None:
+                partition = cache[key] = choose(topic, None, None, None, key, value)
             batch = batches.get(partition)
             if batch is None:
                 batch = batches[partition] = producer.create_batch()

@@ -31,9 +31,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from aiokafka.partitioner import DefaultPartitioner
 from tests.support.faults import KafkaBroker
 from tests.support.http import App, serve_in_thread
-from tests.support.kafka import create_ingest_topic, read_events
+from tests.support.kafka import create_ingest_topic, read_event_records, read_events
 from tests.support.operator import free_port
 from tests.support.sidecar import SIDECAR, launch_sidecar
 from tests.support.sidecar import SidecarProcess as Sidecar
@@ -283,6 +284,31 @@ async def test_every_request_yields_exactly_one_event_with_the_right_fields(
     assert missing["subject"] == "anonymous"
     assert missing["data"]["status"] == 404
     assert sum(1 for _, e in events if e["subject"] == "bulk") == 20
+
+
+async def test_a_subjects_events_land_in_the_partition_kafkas_default_partitioner_gives_its_key(
+    sidecar: Sidecar, http: aiohttp.ClientSession, kafka_bootstrap: str
+) -> None:
+    # Every other producer (the usage API, other pods' sidecars) puts a subject's events where
+    # Kafka's default partitioner (murmur2 of the key) puts them; so must the sidecar, also for
+    # subjects it has sent before (it remembers their partitions between batches).
+    subjects = [f"customer-{number}" for number in range(12)]
+    for _ in range(3):
+        for subject in subjects:
+            headers = {"X-Customer-Id": subject}
+            async with http.get(f"{sidecar.url}/json", headers=headers) as response:
+                await response.read()
+        await asyncio.sleep(0.2)  # the next round goes in a batch of its own
+
+    assert await asyncio.to_thread(sidecar.terminate) == 0, sidecar.output()
+    records = await read_event_records(kafka_bootstrap, sidecar.namespace)
+
+    distinct = {event["id"]: (partition, key) for partition, key, event in records}
+    assert len(distinct) == 36
+    partitions = [0, 1, 2]  # create_ingest_topic's
+    for partition, key in distinct.values():
+        assert partition == DefaultPartitioner()(key, partitions, partitions), key
+    assert len({partition for partition, _ in distinct.values()}) > 1
 
 
 async def test_chunked_streamed_and_large_bodies_arrive_byte_exact_both_ways(

@@ -102,6 +102,13 @@ def consumer_groups(bootstrap: str) -> set[str]:
 
 async def read_events(bootstrap: str, namespace: str) -> list[tuple[bytes, dict[str, Any]]]:
     """Every (key, event) in the namespace's ingest topic."""
+    return [(key, event) for _, key, event in await read_event_records(bootstrap, namespace)]
+
+
+async def read_event_records(
+    bootstrap: str, namespace: str
+) -> list[tuple[int, bytes, dict[str, Any]]]:
+    """Every (partition, key, event) in the namespace's ingest topic."""
     deadline = time.monotonic() + 90
     while True:
         try:
@@ -112,7 +119,7 @@ async def read_events(bootstrap: str, namespace: str) -> list[tuple[bytes, dict[
             await asyncio.sleep(1)
 
 
-async def _read_events(bootstrap: str, namespace: str) -> list[tuple[bytes, dict[str, Any]]]:
+async def _read_events(bootstrap: str, namespace: str) -> list[tuple[int, bytes, dict[str, Any]]]:
     topic = ingest_topic(namespace)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
@@ -127,11 +134,11 @@ async def _read_events(bootstrap: str, namespace: str) -> list[tuple[bytes, dict
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
-        found: list[tuple[bytes, dict[str, Any]]] = []
+        found: list[tuple[int, bytes, dict[str, Any]]] = []
         while [p for p in partitions if await consumer.position(p) < ends[p]]:
             batch = await consumer.getmany(timeout_ms=2000)
             for messages in batch.values():
-                found.extend((m.key, json.loads(m.value)) for m in messages)
+                found.extend((m.partition, m.key, json.loads(m.value)) for m in messages)
         return found
     finally:
         await consumer.stop()
