@@ -23,15 +23,16 @@ emitted/spooled/replayed/dropped counts, are reported.
   with wrk's Lua ``delay()`` hook: 10 connections, each waiting a random time (exponential,
   mean 10 ms; wrk truncates it to whole milliseconds) between a response and its next
   request — ten independent clients, arrivals close to a Poisson stream of ~1,000 requests/s
-  (the achieved rate is reported). wrk's latency excludes the delay. The goals are judged on
-  this run. *Added* latency is the proxy's p50/p99 minus the direct p50/p99 at the
-  same rate;
+  (the achieved rate is reported). wrk's latency excludes the delay. LuaJIT's generator is
+  never seeded, so every run draws the same delays. *Added* latency is the proxy's p50/p99
+  minus the direct p50/p99 at the same rate. The goals are judged on this run;
 * **latency in bursts** (``at_1000_bursts``), reported beside it: the same 10 connections with
   a *fixed* 10 ms delay. They phase-lock — each one's next request is timed from a response
   that came back with the others' — so the proxy sees bursts of ~10 simultaneous requests every
   ~10 ms (seen in a ``perf trace`` of the sidecar), and a request's latency includes the
   requests queued before it in its burst: a test of burst handling, not of latency at a
-  rate. Until 2026-12-06 this was the only paced run (``docs/benchmarks.md``);
+  rate. Until 2026-12-06 this was the only paced run, and its figures were reported under
+  ``at_1000`` (``docs/benchmarks.md``);
 * **CPU per 1,000 requests**: the proxy process's utime+stime from ``/proc/<pid>/stat``, over
   the max-throughput run (work per request) and over the paced run of independent clients
   (cores per 1,000 requests/s, which includes idle wake-ups: bursts would share them);

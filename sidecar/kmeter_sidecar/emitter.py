@@ -176,13 +176,14 @@ class Emitter:
             if not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            # Every batch lingers, not only the first after a quiet spell: sending again as
-            # soon as an acknowledgement was back made ~110 produce requests a second of ~8
-            # events each at 1,000 requests/s; lingering each time took a tenth off the
-            # sidecar's CPU there (bench/sidecar.py). A full batch goes at once.
+            # Every batch lingers, not only the first after a quiet spell: fewer, larger produce
+            # requests (one costs the event loop about as much as several requests; see
+            # docs/benchmarks.md, 2026-12-06). A full batch goes at once.
             if len(self._queue) < self._batch_max:
                 await asyncio.sleep(self._linger)
             batch = self._in_flight = self._take()
+            if not batch:  # emptied meanwhile by close()
+                continue
             if self._producer is None or not await self._send(batch, SEND_TIMEOUT):
                 self._spill(batch)
             else:
