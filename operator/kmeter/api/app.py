@@ -42,6 +42,7 @@ from kmeter.api.materializer import Materializer
 from kmeter.api.meters import KubeMeters, ManifestMeters, MeterSource
 from kmeter.api.query import routes
 from kmeter.api.quotas import QuotaMaterializer, QuotaViews, add_routes
+from kmeter.http_server_log import quiet_malformed_requests
 from kmeter.kafka.settings import KafkaSettings
 from kmeter.kube.client import KubeClient
 
@@ -237,5 +238,6 @@ def run(settings: ApiSettings) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet_malformed_requests()
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     asyncio.run(serve(settings))

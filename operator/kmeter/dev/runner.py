@@ -43,6 +43,7 @@ from kmeter.api.app import ApiSettings, build_app
 from kmeter.dev.local import LocalBackend, StartError
 from kmeter.dev.manifests import ManifestError, Manifests, load_manifests
 from kmeter.dev.transport import IngestSink, ProxySink
+from kmeter.http_server_log import quiet_malformed_requests
 from kmeter.worker.quotas import clock_offset
 from kmeter_sidecar.config import Config, ConfigError, parse_value
 from kmeter_sidecar.subject import parse_subject_source
@@ -294,6 +295,7 @@ def run(settings: DevSettings) -> int:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet_malformed_requests()
 
     def out(line: str) -> None:
         print(line, flush=True)

@@ -33,6 +33,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kmeter.http_server_log import quiet_malformed_requests
 from kmeter.injector import metrics
 from kmeter.injector.certificates import ServingCertificate
 from kmeter.injector.events import EventPoster
@@ -181,6 +182,7 @@ def run(settings: InjectorSettings) -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet_malformed_requests()
     try:
         asyncio.run(serve(settings))
     except (OSError, ssl.SSLError) as error:

@@ -31,6 +31,7 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 
 from kmeter.api.quotas import QuotaBook, QuotaMaterializer
+from kmeter.http_server_log import quiet_malformed_requests
 from kmeter.kafka.admin import KafkaAdmin, KafkaAdminError
 from kmeter.kube.client import KubeClient
 from kmeter.operator import metrics
@@ -370,6 +371,7 @@ def run(settings: OperatorSettings) -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet_malformed_requests()
     state = OperatorState(settings=settings, kafka=KafkaAdmin(settings.kafka))
     asyncio.run(
         kopf.operator(

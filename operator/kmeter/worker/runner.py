@@ -77,6 +77,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from kmeter import topics
+from kmeter.http_server_log import quiet_malformed_requests
 from kmeter.kafka.admin import KafkaAdmin
 from kmeter.kafka.topics import describe_topics
 from kmeter.notifications.dispatcher import Dispatcher, kube_client
@@ -755,6 +756,7 @@ def run(settings: WorkerSettings) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet_malformed_requests()
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     log.info(
         "worker of meter %s/%s: %s -> %s",
