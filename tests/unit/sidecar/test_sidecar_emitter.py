@@ -1,9 +1,13 @@
-"""The emitter's partition choice: a key goes where Kafka's default partitioner puts it, though
-the emitter remembers keys' partitions between batches (``Emitter._produce``).
+"""The emitter's batches and partitions, against a stand-in producer that records what it gets.
 
-The producer here is a stand-in that records what the emitter hands it; the real producer, and
-the partitions records really land in, are tested against Kafka in
-``tests/integration/test_sidecar_proxy.py``.
+* Batches: every batch waits out ``--linger-ms`` for more events, also right after the previous
+  one was acknowledged; a full batch goes at once.
+* Partitions: a key goes where Kafka's default partitioner puts it, though the emitter remembers
+  keys' partitions between batches (``Emitter._produce``).
+
+The real producer, and the partitions records really land in, are tested against Kafka in
+``tests/integration/test_sidecar_proxy.py``. The batch tests wait for real (a few seconds), with
+margins of at least 0.3 s around every moment that matters.
 """
 
 from __future__ import annotations
@@ -23,23 +27,25 @@ from kmeter_sidecar.spool import Spool
 
 
 class Batch:
-    """A record batch: the keys appended to it."""
+    """A record batch: the records appended to it."""
 
     def __init__(self) -> None:
-        self.keys: list[bytes] = []
+        self.records: list[tuple[bytes, bytes]] = []
 
     def append(self, *, key: bytes, value: bytes, timestamp: None) -> object:
-        self.keys.append(key)
+        self.records.append((key, value))
         return object()  # aiokafka returns the record's metadata; None would mean "full"
 
 
 class RecordingProducer:
     """What ``_produce`` uses of an ``AIOKafkaProducer``, with a partition count that can grow."""
 
-    def __init__(self) -> None:
+    def __init__(self, ack_delay: float = 0.0) -> None:
         self.partition_count = 3
         self.partitioner_calls = 0
         self.placed: list[tuple[bytes, int]] = []
+        self.sent: list[list[bytes]] = []  # the values of each batch sent, in order
+        self.ack_delay = ack_delay
 
     async def partitions_for(self, topic: str) -> set[int]:
         return set(range(self.partition_count))
@@ -55,19 +61,56 @@ class RecordingProducer:
         return Batch()
 
     async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> Any:
-        self.placed += [(key, partition) for key in batch.keys]
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
+        self.placed += [(key, partition) for key, _ in batch.records]
+        self.sent.append([value for _, value in batch.records])
+        acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(self.ack_delay, acknowledged.set_result, None)
+        return acknowledged
 
 
-def emitter(directory: Path) -> Emitter:
+def emitter(directory: Path, *, linger: float = 0.02, batch_max: int = 1000) -> Emitter:
     return Emitter(
         kafka=KafkaSettings("127.0.0.1:9"),
-        namespace="partitions",
+        namespace="emitter",
         spool=Spool(directory, 1 << 20),
         metrics=Metrics(),
+        linger=linger,
+        batch_max=batch_max,
     )
+
+
+async def test_every_batch_waits_out_the_linger_also_right_after_the_previous_one(
+    tmp_path: Path,
+) -> None:
+    producer = RecordingProducer(ack_delay=0.6)
+    sender = emitter(tmp_path, linger=1.0)
+    sender._producer = producer  # connected, to the stand-in
+    task = asyncio.create_task(sender._sender())
+    try:
+        sender.emit(b"s", b"1")  # t=0: the first batch goes at t=1.0, acknowledged at 1.6
+        await asyncio.sleep(1.3)
+        sender.emit(b"s", b"2")  # while the first batch is in flight
+        await asyncio.sleep(0.7)
+        sender.emit(b"s", b"3")  # t=2.0: still within the second batch's linger (until 2.6)
+        await asyncio.sleep(1.2)
+    finally:
+        task.cancel()
+    # Sending as soon as the first was acknowledged would have made [b"2"] and [b"3"].
+    assert producer.sent == [[b"1"], [b"2", b"3"]]
+
+
+async def test_a_full_batch_goes_at_once_without_waiting_out_the_linger(tmp_path: Path) -> None:
+    producer = RecordingProducer()
+    sender = emitter(tmp_path, linger=30.0, batch_max=4)
+    sender._producer = producer
+    task = asyncio.create_task(sender._sender())
+    try:
+        for value in (b"1", b"2", b"3", b"4", b"5"):
+            sender.emit(b"s", value)
+        await asyncio.sleep(1.0)
+    finally:
+        task.cancel()
+    assert producer.sent == [[b"1", b"2", b"3", b"4"]]  # the fifth waits for its linger
 
 
 keys = st.binary(min_size=0, max_size=12)
