@@ -427,7 +427,7 @@ class ClientConnection(asyncio.Protocol):
             values = reader.finish()
             if getattr(reader, "overflowed", False):
                 sidecar.metrics.value_body_too_large.inc()
-        sidecar.record(exchange, values, aborted)
+        sidecar.recorder.finished(exchange, values, aborted)
 
     def _next(self) -> None:
         """After an exchange: close, start the next pipelined one, or wait idle."""

@@ -23,15 +23,15 @@ import contextlib
 import logging
 import signal
 import time
-from typing import Any
 
 from kmeter_sidecar.config import Config
 from kmeter_sidecar.decisions import DecisionsFollower
 from kmeter_sidecar.emitter import Emitter
 from kmeter_sidecar.health import AdminConnection
 from kmeter_sidecar.metrics import Metrics
-from kmeter_sidecar.proxy import ClientConnection, Exchange
+from kmeter_sidecar.proxy import ClientConnection
 from kmeter_sidecar.quotas import QuotaTable
+from kmeter_sidecar.recorder import EventRecorder
 from kmeter_sidecar.sink import EventSink
 from kmeter_sidecar.spool import Spool
 from kmeter_sidecar.subject import SubjectResolver
@@ -66,11 +66,12 @@ class Sidecar:
         )
         self.upstream_host_header = config.upstream.encode()
         self.emitter: EventSink
+        emitter: Emitter | None = None
         if sink is not None:
             self.emitter = sink
         else:
             self.spool = Spool(config.spool_dir, config.spool_max_bytes)
-            self.emitter = Emitter(
+            self.emitter = emitter = Emitter(
                 kafka=config.kafka("kmeter-sidecar"),
                 namespace=config.namespace,
                 spool=self.spool,
@@ -80,7 +81,6 @@ class Sidecar:
                 linger=config.linger_ms / 1000,
                 retry_interval=config.kafka_retry_interval,
             )
-        self.events = EventFactory(source=config.source, event_type=config.event_type)
         offset = config.clock_offset_seconds
         self.quotas = QuotaTable(
             config.event_type,
@@ -89,6 +89,16 @@ class Sidecar:
             max_subjects=config.quota_max_subjects,
             fail_closed=config.decisions_fail == "closed",
         )
+        self.recorder = EventRecorder(
+            EventFactory(source=config.source, event_type=config.event_type),
+            self.emitter,
+            self.quotas,
+            self.now,
+            limit=config.batch_max,
+            wake=emitter.wake if emitter is not None else None,
+        )
+        if emitter is not None:
+            emitter.waiting = self.recorder  # built before each of its batches
         # In a pod, decisions come from Kafka; a caller with a sink of its own (`kmeter dev`)
         # may feed `quotas` itself (QuotaTable.apply).
         self.decisions: DecisionsFollower | None = None
@@ -106,27 +116,6 @@ class Sidecar:
         self.listening = False  # the proxy port is open (ready only then)
         self.all_closed = asyncio.Event()  # set when the last connection closes while draining
         self.metrics.watch(self.metrics.connections, lambda: len(self.connections))
-
-    # --- the request path -----------------------------------------------------------------
-
-    def record(self, exchange: Exchange, values: dict[str, Any] | None, aborted: bool) -> None:
-        """Emit the usage event of a finished exchange."""
-        event = self.events.build(
-            subject=exchange.subject,
-            started=exchange.started_wall,
-            method=exchange.method,
-            route=exchange.route,
-            status=exchange.status,
-            duration=self.now() - exchange.started,
-            request_bytes=exchange.request_bytes,
-            response_bytes=exchange.response_bytes,
-            values=values,
-            aborted=aborted,
-        )
-        key, value = self.events.encode(event)
-        self.emitter.emit(key, value)
-        if self.quotas.summing and event.data is not None:  # counts until the next decision
-            self.quotas.record(event.subject, event.data)
 
     # --- lifecycle ------------------------------------------------------------------------
 

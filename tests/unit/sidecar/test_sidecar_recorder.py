@@ -1,0 +1,239 @@
+"""Usage events built a batch at a time (kmeter_sidecar.recorder), and the emitter building them.
+
+The recorder's events are decoded with the contract's own decoder and compared field by field
+with the exchange they describe; the emitter runs its real sender loop against a stand-in
+producer. The whole path — every request through a real sidecar yields exactly one event in
+Kafka, across outages and SIGTERM — is tested in ``tests/integration/test_sidecar_proxy.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tests.support.quota_records import quota_policy, record_of
+from tests.unit.sidecar.test_sidecar_emitter import RecordingProducer, emitter
+
+from kmeter.core.events import decode_event
+from kmeter_sidecar.proxy import Exchange
+from kmeter_sidecar.quotas import QuotaTable
+from kmeter_sidecar.recorder import EventRecorder
+from kmeter_sidecar.sink import EventSink
+from kmeter_sidecar.usage import EventFactory
+
+STARTED_WALL = datetime(2026, 12, 6, 21, 0, 0, 250_000, tzinfo=UTC).timestamp()
+
+
+class ListSink:
+    """An EventSink that keeps what it gets."""
+
+    topic = "a list"
+
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes, bytes]] = []
+
+    def emit(self, key: bytes, value: bytes) -> None:
+        self.records.append((key, value))
+
+    async def start(self) -> None: ...
+
+    async def close(self, flush_timeout: float) -> None: ...
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def exchange(subject: str, number: int) -> Exchange:
+    """A finished GET of ``/items/<number>`` that started at monotonic 100.0."""
+    done = Exchange(100.0)
+    done.started_wall = STARTED_WALL
+    done.subject = subject
+    done.method = "GET"
+    done.route = f"/items/{number}"
+    done.status = 200
+    done.request_bytes = number
+    done.response_bytes = 10 * number
+    return done
+
+
+def quota_table() -> QuotaTable:
+    return QuotaTable("http.request", wall=lambda: STARTED_WALL, mono_ns=lambda: 0)
+
+
+def recorder_for(
+    sink: EventSink,
+    wake: Callable[[], None] | None,
+    *,
+    clock: Callable[[], float] | None = None,
+    quotas: QuotaTable | None = None,
+    limit: int = 100,
+    kind: type[EventRecorder] = EventRecorder,
+) -> EventRecorder:
+    return kind(
+        EventFactory(source="kmeter-sidecar/ns/pod", event_type="http.request"),
+        sink,
+        quotas or quota_table(),
+        clock or Clock(),
+        limit=limit,
+        wake=wake,
+    )
+
+
+def recorder(
+    sink: ListSink, clock: Clock, *, quotas: QuotaTable | None = None, limit: int = 100
+) -> tuple[EventRecorder, list[int]]:
+    """A recorder for a sink that builds before its batches; the list counts the wake-ups."""
+    wakes: list[int] = []
+    wake = lambda: wakes.append(len(sink.records))  # noqa: E731
+    return recorder_for(sink, wake, clock=clock, quotas=quotas, limit=limit), wakes
+
+
+def data_of(record: tuple[bytes, bytes]) -> tuple[bytes, dict[str, Any], datetime]:
+    event = decode_event(record[1], ingest_time=datetime.now(UTC))
+    assert event.data is not None
+    return record[0], dict(event.data), event.time
+
+
+def test_an_exchange_is_built_with_the_next_batch_with_the_moments_noted_when_it_finished() -> None:
+    sink, clock = ListSink(), Clock()
+    events, wakes = recorder(sink, clock)
+    clock.now = 100.0125  # the exchange ends 12.5 ms after it started
+    events.finished(exchange("acme", 1), {"tokens": 42}, False)
+    clock.now = 101.0
+    events.finished(exchange("initech", 2), None, True)
+    assert sink.records == []  # nothing built until the sink asks
+    assert wakes == [0]  # woken once, by the first exchange waiting
+    assert len(events) == 2
+
+    clock.now = 105.0  # built later: the durations are still the ones noted
+    events.build()
+
+    assert len(events) == 0
+    first, second = (data_of(record) for record in sink.records)
+    assert first == (
+        b"acme",
+        {
+            "method": "GET",
+            "route": "/items/1",
+            "status": 200,
+            "duration_ms": 12.5,
+            "request_bytes": 1,
+            "response_bytes": 10,
+            "tokens": 42,
+        },
+        datetime.fromtimestamp(STARTED_WALL, UTC),
+    )
+    assert second[0] == b"initech"
+    assert second[1]["duration_ms"] == 1000.0
+    assert second[1]["aborted"] is True
+    assert "tokens" not in second[1]
+
+
+def test_a_partial_build_takes_the_exchanges_that_finished_first() -> None:
+    sink, clock = ListSink(), Clock()
+    events, _ = recorder(sink, clock)
+    for number in range(7):
+        events.finished(exchange("acme", number), None, False)
+    events.build(3)
+    assert [data_of(record)[1]["route"] for record in sink.records] == [
+        "/items/0",
+        "/items/1",
+        "/items/2",
+    ]
+    events.build(3)
+    events.build(3)
+    assert [data_of(record)[1]["route"] for record in sink.records] == [
+        f"/items/{number}" for number in range(7)
+    ]
+    assert len(events) == 0
+
+
+def test_the_exchange_that_reaches_the_limit_builds_all_that_wait() -> None:
+    sink, clock = ListSink(), Clock()
+    events, _ = recorder(sink, clock, limit=4)
+    for number in range(3):
+        events.finished(exchange("acme", number), None, False)
+    assert sink.records == []
+    events.finished(exchange("acme", 3), None, False)
+    assert len(sink.records) == 4
+    assert len(events) == 0
+
+
+def test_while_a_summing_quota_is_enforced_each_event_is_built_and_counted_at_once() -> None:
+    table = quota_table()
+    table.apply(*record_of(quota_policy(sums_value="$.tokens", limit=100)))
+    assert table.summing
+    sink, clock = ListSink(), Clock()
+    events, _ = recorder(sink, clock, quotas=table)
+    events.finished(exchange("acme", 1), {"tokens": 60}, False)
+    assert len(sink.records) == 1
+    admitted = table.check("acme")
+    assert admitted is not None
+    assert admitted.refusal is None  # 60 of 100
+    events.finished(exchange("acme", 2), {"tokens": 60}, False)
+    # the next request sees the values of the events built so far: 120 of 100
+    verdict = table.check("acme")
+    assert verdict is not None
+    assert verdict.refusal is not None
+    assert verdict.refusal.reason == "quota"
+
+
+def test_without_a_wake_up_each_event_goes_to_the_sink_at_once() -> None:
+    sink = ListSink()
+    events = recorder_for(sink, None)
+    events.finished(exchange("acme", 1), None, False)
+    assert len(sink.records) == 1
+
+
+async def test_the_emitter_builds_waiting_events_before_its_batch_a_few_at_a_time(
+    tmp_path: Path,
+) -> None:
+    producer = RecordingProducer()
+    sender = emitter(tmp_path, linger=0.3)
+    seen_between: list[int] = []
+
+    class Watched(EventRecorder):
+        def build(self, most: int | None = None) -> None:
+            if not seen_between:  # as a request would, when the building starts
+                asyncio.get_running_loop().call_soon(lambda: seen_between.append(len(self)))
+            super().build(most)
+
+    events = recorder_for(sender, sender.wake, kind=Watched)
+    sender.waiting = events
+    sender._producer = producer
+    task = asyncio.create_task(sender._sender())
+    try:
+        for number in range(12):
+            events.finished(exchange("acme", number), None, False)
+        await asyncio.sleep(0.15)  # within the linger: nothing built yet
+        assert len(events) == 12
+        assert producer.sent == []
+        await asyncio.sleep(0.5)
+    finally:
+        task.cancel()
+    assert len(producer.sent) == 1
+    assert [data_of((b"", value))[1]["route"] for value in producer.sent[0]] == [
+        f"/items/{number}" for number in range(12)
+    ]
+    # The loop turned between a few events: the ready callback ran with some still waiting.
+    assert len(seen_between) == 1
+    assert 0 < seen_between[0] < 12
+
+
+async def test_closing_the_emitter_builds_and_keeps_the_waiting_events(tmp_path: Path) -> None:
+    sender = emitter(tmp_path)  # never connected: what it holds at close goes to the spool
+    events = recorder_for(sender, sender.wake)
+    sender.waiting = events
+    for number in range(3):
+        events.finished(exchange("acme", number), None, False)
+    await sender.close(0.2)
+    assert len(events) == 0
+    assert sender._spool.records_pending == 3
