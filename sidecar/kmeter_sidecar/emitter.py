@@ -133,14 +133,19 @@ class Emitter:
         return waiting + len(self._queue) + len(self._in_flight)
 
     async def _build_waiting(self) -> None:
-        """A few events at a time, letting the loop turn in between: a request that arrives
-        meanwhile waits for a few events' building (~50 µs), not for the whole batch's."""
+        """Build the events waiting now, a few at a time, letting the loop turn in between: a
+        request that arrives meanwhile waits for a few events' building (~50 µs), not for the
+        whole batch's. Those that finish meanwhile wait for the next batch — under full load
+        they would otherwise keep this loop going and no batch would ever be sent."""
         waiting = self.waiting
         if waiting is None:
             return
-        while len(waiting):
-            waiting.build(_BUILD_AT_A_TIME)
-            if len(waiting):
+        left = len(waiting)
+        while left > 0:
+            step = min(left, _BUILD_AT_A_TIME)
+            waiting.build(step)
+            left -= step
+            if left:
                 await asyncio.sleep(0)
 
     # --- lifecycle ------------------------------------------------------------------------

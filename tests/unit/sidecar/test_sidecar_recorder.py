@@ -237,3 +237,34 @@ async def test_closing_the_emitter_builds_and_keeps_the_waiting_events(tmp_path:
     await sender.close(0.2)
     assert len(events) == 0
     assert sender._spool.records_pending == 3
+
+
+async def test_exchanges_finishing_while_a_batch_is_built_wait_for_the_next_batch(
+    tmp_path: Path,
+) -> None:
+    producer = RecordingProducer()
+    sender = emitter(tmp_path, linger=0.1)
+    arrivals = iter(range(100, 400))
+
+    class Busy(EventRecorder):
+        def build(self, most: int | None = None) -> None:
+            super().build(most)
+            for _ in range(6):  # under full load, more finish between two steps than one builds
+                number = next(arrivals, None)
+                if number is not None:
+                    self.finished(exchange("acme", number), None, False)
+
+    events = recorder_for(sender, sender.wake, kind=Busy)
+    sender.waiting = events
+    sender._producer = producer
+    task = asyncio.create_task(sender._sender())
+    try:
+        for number in range(12):
+            events.finished(exchange("acme", number), None, False)
+        await asyncio.sleep(0.3)
+    finally:
+        task.cancel()
+    assert producer.sent, "no batch was sent: building never ended"
+    assert [data_of((b"", value))[1]["route"] for value in producer.sent[0]] == [
+        f"/items/{number}" for number in range(12)
+    ]
