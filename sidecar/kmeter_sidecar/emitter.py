@@ -55,7 +55,8 @@ SEND_TIMEOUT: Final = 15.0
 """Seconds a batch may wait for its acknowledgements before it is spooled."""
 _REPLAY_CHUNK: Final = 2_000
 _CLOSE_TASKS_TIMEOUT: Final = 10.0
-_BUILD_AT_A_TIME: Final = 5
+_BUILD_AT_LEAST: Final = 5
+_BUILD_STEPS: Final = 4
 _PARTITION_CACHE_MAX: Final = 10_000
 """Subjects whose partition is remembered; past it the cache starts again (about 1 MB)."""
 
@@ -133,16 +134,19 @@ class Emitter:
         return waiting + len(self._queue) + len(self._in_flight)
 
     async def _build_waiting(self) -> None:
-        """Build the events waiting now, a few at a time, letting the loop turn in between: a
-        request that arrives meanwhile waits for a few events' building (~50 µs), not for the
-        whole batch's. Those that finish meanwhile wait for the next batch — under full load
-        they would otherwise keep this loop going and no batch would ever be sent."""
+        """Build the events waiting now in a few steps, letting the loop turn in between: at a
+        light load a request that arrives meanwhile waits for a few events' building (~50 µs),
+        not for the whole batch's; under full load the batch is built in at most
+        :data:`_BUILD_STEPS` turns, or the sender falls behind (more events held, more memory).
+        Those that finish meanwhile wait for the next batch: under full load they would
+        otherwise keep this loop going, and no batch would ever be sent."""
         waiting = self.waiting
         if waiting is None:
             return
         left = len(waiting)
+        step = max(_BUILD_AT_LEAST, -(-left // _BUILD_STEPS))
         while left > 0:
-            step = min(left, _BUILD_AT_A_TIME)
+            step = min(left, step)
             waiting.build(step)
             left -= step
             if left:
