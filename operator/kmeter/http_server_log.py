@@ -7,7 +7,8 @@ the log with tracebacks. :func:`quiet_malformed_requests` rewrites those records
 line with the reason. Any other error of the server keeps its level and its traceback.
 
 Every kmeter process that serves HTTP with aiohttp (the usage API, the operator's and workers'
-probes and metrics, the injector, ``kmeter dev``) calls it where it configures logging.
+probes and metrics, the injector, ``kmeter dev``) installs it through
+:func:`kmeter.logging_setup.configure_logging`.
 """
 
 from __future__ import annotations

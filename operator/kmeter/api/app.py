@@ -42,9 +42,9 @@ from kmeter.api.materializer import Materializer
 from kmeter.api.meters import KubeMeters, ManifestMeters, MeterSource
 from kmeter.api.query import routes
 from kmeter.api.quotas import QuotaMaterializer, QuotaViews, add_routes
-from kmeter.http_server_log import quiet_malformed_requests
 from kmeter.kafka.settings import KafkaSettings
 from kmeter.kube.client import KubeClient
+from kmeter.logging_setup import configure_logging
 
 log = logging.getLogger("kmeter.api")
 
@@ -235,9 +235,5 @@ async def serve(settings: ApiSettings) -> None:
 
 def run(settings: ApiSettings) -> None:
     """The ``kmeter api`` command."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    quiet_malformed_requests()
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    configure_logging(logging.INFO, quieter=["aiokafka"])
     asyncio.run(serve(settings))

@@ -43,7 +43,7 @@ from kmeter.api.app import ApiSettings, build_app
 from kmeter.dev.local import LocalBackend, StartError
 from kmeter.dev.manifests import ManifestError, Manifests, load_manifests
 from kmeter.dev.transport import IngestSink, ProxySink
-from kmeter.http_server_log import quiet_malformed_requests
+from kmeter.logging_setup import configure_logging
 from kmeter.worker.quotas import clock_offset
 from kmeter_sidecar.config import Config, ConfigError, parse_value
 from kmeter_sidecar.subject import parse_subject_source
@@ -292,10 +292,7 @@ async def serve(prepared: Prepared, stop: asyncio.Event, out: Out) -> None:
 
 def run(settings: DevSettings) -> int:
     """The ``kmeter dev`` command; returns the exit status."""
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    quiet_malformed_requests()
+    configure_logging(logging.WARNING)
 
     def out(line: str) -> None:
         print(line, flush=True)

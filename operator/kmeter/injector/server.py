@@ -33,13 +33,13 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from kmeter.http_server_log import quiet_malformed_requests
 from kmeter.injector import metrics
 from kmeter.injector.certificates import ServingCertificate
 from kmeter.injector.events import EventPoster
 from kmeter.injector.review import admit
 from kmeter.injector.settings import InjectorSettings
 from kmeter.kube.client import KubeClient
+from kmeter.logging_setup import configure_logging
 
 log = logging.getLogger("kmeter.injector")
 MAX_REVIEW_BYTES = 8 << 20
@@ -179,10 +179,7 @@ async def serve(settings: InjectorSettings) -> None:
 
 def run(settings: InjectorSettings) -> None:
     """Run ``kmeter injector`` until SIGTERM; exit status 1 when it cannot start."""
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    quiet_malformed_requests()
+    configure_logging(settings.log_level)
     try:
         asyncio.run(serve(settings))
     except (OSError, ssl.SSLError) as error:

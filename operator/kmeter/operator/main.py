@@ -31,9 +31,9 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 
 from kmeter.api.quotas import QuotaBook, QuotaMaterializer
-from kmeter.http_server_log import quiet_malformed_requests
 from kmeter.kafka.admin import KafkaAdmin, KafkaAdminError
 from kmeter.kube.client import KubeClient
+from kmeter.logging_setup import configure_logging
 from kmeter.operator import metrics
 from kmeter.operator.conditions import merge_conditions, transitions
 from kmeter.operator.meter_delete import delete_meter, withdraw_policies
@@ -368,10 +368,7 @@ def _valid_quotas(
 
 def run(settings: OperatorSettings) -> None:
     """Run the operator until interrupted (SIGINT/SIGTERM stop it cleanly)."""
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    quiet_malformed_requests()
+    configure_logging(settings.log_level)
     state = OperatorState(settings=settings, kafka=KafkaAdmin(settings.kafka))
     asyncio.run(
         kopf.operator(

@@ -77,9 +77,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from kmeter import topics
-from kmeter.http_server_log import quiet_malformed_requests
 from kmeter.kafka.admin import KafkaAdmin
 from kmeter.kafka.topics import describe_topics
+from kmeter.logging_setup import configure_logging
 from kmeter.notifications.dispatcher import Dispatcher, kube_client
 from kmeter.worker.health import Servers
 from kmeter.worker.metrics import WorkerMetrics
@@ -753,11 +753,7 @@ async def _deliver_notifications(worker: Worker) -> None:
 
 def run(settings: WorkerSettings) -> None:
     """The ``kmeter worker`` command."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    quiet_malformed_requests()
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    configure_logging(logging.INFO, quieter=["aiokafka"])
     log.info(
         "worker of meter %s/%s: %s -> %s",
         settings.namespace,
