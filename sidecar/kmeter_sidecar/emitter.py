@@ -15,8 +15,9 @@ before it takes a batch. Two background tasks do the rest:
   connected, replays the spool oldest first, deleting a file only after Kafka acknowledged all
   of it (see :mod:`kmeter_sidecar.spool`).
 
-Memory is bounded by ``--queue-max``: past it, :meth:`emit` writes the event to the spool at
-once. Past the spool's ``--spool-max-bytes``, events are dropped and counted
+Memory is bounded by ``--queue-max`` events queued (past it, :meth:`emit` writes the event to
+the spool at once) and ``--batch-max`` waiting to be built (:mod:`kmeter_sidecar.recorder`).
+Past the spool's ``--spool-max-bytes``, events are dropped and counted
 (``kmeter_sidecar_events_dropped_total``) — the only place the sidecar loses usage by design.
 
 **Delivery is at least once, with stable ids.** A batch that Kafka stored but whose
@@ -193,6 +194,7 @@ class Emitter:
                     break
         except (TimeoutError, KafkaError, OSError) as error:
             log.warning("flush at shutdown stopped early: %s", error)
+        self._queue_everything()  # exchanges that ended during the flush (aborted by the drain)
         if self._queue:
             self._spill(list(self._queue))
             self._queue.clear()
@@ -285,8 +287,8 @@ class Emitter:
             enable_idempotence=True,
             # The sender lingers already: a second linger in the producer would add a timer
             # wake-up to every batch (0.01-0.02 core per 1,000 requests/s, measured) and 5 ms
-            # to every event. All partitions' batches of one _produce still leave in one
-            # request: they reach the producer in one turn of the loop.
+            # to every event. The batches of one _produce still leave in one request per leader
+            # broker: they reach the producer in one turn of the loop.
             linger_ms=0,
             max_batch_size=1 << 20,
             compression_type=None,

@@ -427,8 +427,6 @@ class ClientConnection(asyncio.Protocol):
             values = reader.finish()
             if getattr(reader, "overflowed", False):
                 sidecar.metrics.value_body_too_large.inc()
-            exchange.reader = None
-        exchange.head = b""  # the exchange waits for its event to be built: hold only that
         sidecar.recorder.finished(exchange, values, aborted)
 
     def _next(self) -> None:

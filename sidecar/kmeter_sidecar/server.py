@@ -93,6 +93,7 @@ class Sidecar:
             EventFactory(source=config.source, event_type=config.event_type),
             self.emitter,
             self.quotas,
+            self.metrics,
             self.now,
             limit=config.batch_max,
             wake=emitter.wake if emitter is not None else None,

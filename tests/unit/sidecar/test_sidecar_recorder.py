@@ -9,18 +9,21 @@ Kafka, across outages and SIGTERM — is tested in ``tests/integration/test_side
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from tests.support.quota_records import quota_policy, record_of
 from tests.unit.sidecar.test_sidecar_emitter import RecordingProducer, emitter
 
 from kmeter.core.events import decode_event
+from kmeter_sidecar.metrics import Metrics
 from kmeter_sidecar.proxy import Exchange
 from kmeter_sidecar.quotas import QuotaTable
-from kmeter_sidecar.recorder import EventRecorder
+from kmeter_sidecar.recorder import OVERFLOW_STEP, EventRecorder
 from kmeter_sidecar.sink import EventSink
 from kmeter_sidecar.usage import EventFactory
 
@@ -76,11 +79,13 @@ def recorder_for(
     quotas: QuotaTable | None = None,
     limit: int = 100,
     kind: type[EventRecorder] = EventRecorder,
+    metrics: Metrics | None = None,
 ) -> EventRecorder:
     return kind(
         EventFactory(source="kmeter-sidecar/ns/pod", event_type="http.request"),
         sink,
         quotas or quota_table(),
+        metrics or Metrics(),
         clock or Clock(),
         limit=limit,
         wake=wake,
@@ -156,15 +161,50 @@ def test_a_partial_build_takes_the_exchanges_that_finished_first() -> None:
     assert len(events) == 0
 
 
-def test_the_exchange_that_reaches_the_limit_builds_all_that_wait() -> None:
+def test_the_exchange_that_reaches_the_limit_builds_the_oldest_few_so_the_wait_stays_bounded() -> (
+    None
+):
     sink, clock = ListSink(), Clock()
-    events, _ = recorder(sink, clock, limit=4)
-    for number in range(3):
+    limit = OVERFLOW_STEP + 10
+    events, _ = recorder(sink, clock, limit=limit)
+    for number in range(limit - 1):
         events.finished(exchange("acme", number), None, False)
     assert sink.records == []
+    events.finished(exchange("acme", limit - 1), None, False)
+    assert len(sink.records) == OVERFLOW_STEP  # a short pause, not a whole batch's
+    for number in range(limit, 3 * limit):  # the sender is stuck (a slow Kafka, say)
+        events.finished(exchange("acme", number), None, False)
+        assert len(events) < limit
+    built = [data_of(record)[1]["route"] for record in sink.records]
+    assert built == [f"/items/{number}" for number in range(len(built))]  # oldest first
+    assert len(built) + len(events) == 3 * limit
+
+
+def test_the_recorder_keeps_nothing_of_the_exchange_only_what_its_event_says() -> None:
+    sink, clock = ListSink(), Clock()
+    events, _ = recorder(sink, clock)
+    done = exchange("acme", 1)
+    done.pending.append(b"x" * 100_000)  # a request body buffered before the app answered
+    references = sys.getrefcount(done)
+    events.finished(done, None, False)
+    assert sys.getrefcount(done) == references
+    done.status = 500  # a later change to the exchange is not in its event
+    events.build()
+    assert data_of(sink.records[0])[1]["status"] == 200
+
+
+def test_an_event_that_cannot_be_built_is_logged_and_counted_and_the_others_go(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink, clock, metrics = ListSink(), Clock(), Metrics()
+    events = recorder_for(sink, lambda: None, clock=clock, metrics=metrics)
+    events.finished(exchange("acme", 1), None, False)
+    events.finished(exchange("acme", 2), {"odd": object()}, False)  # not JSON
     events.finished(exchange("acme", 3), None, False)
-    assert len(sink.records) == 4
-    assert len(events) == 0
+    events.build()
+    assert [data_of(record)[1]["route"] for record in sink.records] == ["/items/1", "/items/3"]
+    assert metrics.events_dropped._value.get() == 1
+    assert "the usage event of GET /items/2 (subject 'acme') is lost" in caplog.text
 
 
 def test_while_a_summing_quota_is_enforced_each_event_is_built_and_counted_at_once() -> None:
@@ -268,3 +308,6 @@ async def test_exchanges_finishing_while_a_batch_is_built_wait_for_the_next_batc
     assert [data_of((b"", value))[1]["route"] for value in producer.sent[0]] == [
         f"/items/{number}" for number in range(12)
     ]
+    # and those that finished meanwhile went with the next batch
+    assert len(producer.sent) >= 2
+    assert data_of((b"", producer.sent[1][0]))[1]["route"] == "/items/100"
