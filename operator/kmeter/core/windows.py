@@ -198,6 +198,10 @@ def _shift(wall: datetime, size: WindowSize, steps: int) -> datetime:
     return wall + timedelta(seconds=_SECONDS[size] * steps)
 
 
+_ONE_DAY: Final = timedelta(days=1)
+_NO_OFFSET: Final = timedelta(0)
+
+
 def _offset_at(epoch_seconds: int, zone: tzinfo) -> timedelta | None:
     return datetime.fromtimestamp(epoch_seconds, zone).utcoffset()
 
@@ -232,10 +236,26 @@ def _instants(wall: datetime, zone: tzinfo) -> list[datetime]:
     return [_transition(min(first, second), max(first, second), zone)]
 
 
+def _fall_back(start: datetime, end: datetime, zone: tzinfo) -> timedelta:
+    """How far the wall clock may turn back near ``start`` or ``end`` (0 with no clock change
+    within a day of either): the spread of the offsets a day before, at and a day after each."""
+    near = (start - _ONE_DAY, start, start + _ONE_DAY, end - _ONE_DAY, end, end + _ONE_DAY)
+    offsets = [moment.astimezone(zone).utcoffset() or _NO_OFFSET for moment in near]
+    return max(offsets) - min(offsets)
+
+
 def _boundaries(start: datetime, end: datetime, size: WindowSize, zone: tzinfo) -> list[datetime]:
-    """Every boundary instant from two windows before ``start`` to two after ``end``, sorted."""
-    wall = _shift(_truncate(_wall(start, zone), size), size, -2)
-    last = _shift(_truncate(_wall(end, zone), size), size, 2)
+    """Every boundary instant from two windows before ``start`` to two after ``end``, sorted.
+
+    Boundaries are found by walking the wall clock. Where it turns back (end of summer time) an
+    instant's wall time can be up to the turn-back earlier than that of an instant before it:
+    walking only from ``start``'s wall time to ``end``'s would miss the boundaries of the
+    repeated hour (a MINUTE query starting at 01:40 EDT and ending at 01:30 EST found none).
+    The walk is widened by the turn-back on both sides.
+    """
+    margin = _fall_back(start, end, zone)
+    wall = _shift(_truncate(_wall(start, zone) - margin, size), size, -2)
+    last = _shift(_truncate(_wall(end, zone) + margin, size), size, 2)
     found: set[datetime] = set()
     while wall <= last:
         found.update(_instants(wall, zone))

@@ -169,7 +169,7 @@ TRANSITIONS = [
 ]
 
 
-@pytest.mark.parametrize("size", [HOUR, DAY])
+@pytest.mark.parametrize("size", [MINUTE, HOUR, DAY])
 @pytest.mark.parametrize(("zone", "transition"), TRANSITIONS)
 @settings(max_examples=8, deadline=None)
 @given(offset=st.integers(-36 * 60, 36 * 60), span=st.integers(1, 48 * 60))
@@ -192,6 +192,26 @@ def test_the_local_window_of_an_instant_holds_it_and_is_the_walk_s_window(
     assert window.start <= instant < window.end
     (expected,) = oracle_windows(instant, instant + timedelta(microseconds=1), size, tz)
     assert window == expected
+
+
+@pytest.mark.parametrize(("zone", "transition"), TRANSITIONS)
+@settings(max_examples=20, deadline=None)
+@given(offset=st.integers(-3 * 3600, 3 * 3600), size=st.sampled_from([MINUTE, HOUR]))
+def test_the_local_window_of_an_instant_near_a_clock_change_is_the_walk_s_window(
+    zone: str, transition: datetime, offset: int, size: WindowSize
+) -> None:
+    tz = ZoneInfo(zone)
+    instant = transition + timedelta(seconds=offset)
+    (expected,) = oracle_windows(instant, instant + timedelta(microseconds=1), size, tz)
+    assert local_window(instant, size, tz) == expected
+
+
+def test_a_minute_query_inside_new_york_s_repeated_hour_has_every_minute() -> None:
+    # 01:40 EDT to 01:30 EST: the end's wall time is earlier than the start's
+    windows = query_windows(utc(2024, 11, 3, 5, 40), utc(2024, 11, 3, 6, 30), MINUTE, NEW_YORK)
+    assert len(windows) == 50
+    assert windows[0].start == utc(2024, 11, 3, 5, 40)
+    assert windows[-1].end == utc(2024, 11, 3, 6, 30)
 
 
 @settings(max_examples=100, deadline=None)
