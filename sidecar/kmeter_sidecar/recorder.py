@@ -23,8 +23,8 @@ Bounds and exceptions:
 * while a summing quota is enforced, every event is built as its exchange finishes: the quota
   table counts the event's values from then on (:meth:`QuotaTable.record`), and the next
   request's verdict must see them;
-* a sink that does not build before its batches (``kmeter dev``'s) gets each event at once
-  (``batched=False``);
+* a sink that does not build before its batches (``kmeter dev``'s; no ``wake`` given) gets
+  each event at once;
 * the window in which a crash (SIGKILL) loses events is unchanged: they wait here instead of in
   the emitter's queue, for the same linger;
 * an event that cannot be built or handed over (a bug, a full disk under the spool) is logged
