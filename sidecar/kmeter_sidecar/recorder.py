@@ -11,7 +11,7 @@ when it finishes (its ``duration_ms`` ends then), and the exchange itself is not
 Why: at ~1,000 requests/s each request finds the process idle and its caches cold, and building
 and encoding one event right after its response cost ~20 µs; twenty in a row cost about half
 that each. Measured side by side with the previous code (docs/benchmarks.md, 2026-12-06,
-together with the producer's linger of 0): about 7 % less CPU at 1,000 requests/s, the added
+together with the producer's linger of 0): about 5 to 7 % less CPU at 1,000 requests/s, the added
 p99 unchanged or a little lower.
 
 Bounds and exceptions:
