@@ -20,6 +20,7 @@ from tests.support.quota_records import quota_policy, record_of
 from tests.unit.sidecar.test_sidecar_emitter import RecordingProducer, emitter
 
 from kmeter.core.events import decode_event
+from kmeter_sidecar.emitter import Emitter
 from kmeter_sidecar.metrics import Metrics
 from kmeter_sidecar.proxy import Exchange
 from kmeter_sidecar.quotas import QuotaTable
@@ -99,6 +100,18 @@ def recorder(
     wakes: list[int] = []
     wake = lambda: wakes.append(len(sink.records))  # noqa: E731
     return recorder_for(sink, wake, clock=clock, quotas=quotas, limit=limit), wakes
+
+
+def building_for(sender: Emitter, kind: type[EventRecorder] = EventRecorder) -> EventRecorder:
+    """A recorder whose events the emitter builds before each batch, as the sidecar wires it."""
+    events = recorder_for(sender, sender.wake, kind=kind)
+    sender.waiting = events
+    return events
+
+
+def routes(values: list[bytes]) -> list[str]:
+    """The routes of a batch of encoded events, in order."""
+    return [data_of((b"", value))[1]["route"] for value in values]
 
 
 def data_of(record: tuple[bytes, bytes]) -> tuple[bytes, dict[str, Any], datetime]:
@@ -246,8 +259,7 @@ async def test_the_emitter_builds_waiting_events_before_its_batch_a_few_at_a_tim
                 asyncio.get_running_loop().call_soon(lambda: seen_between.append(len(self)))
             super().build(most)
 
-    events = recorder_for(sender, sender.wake, kind=Watched)
-    sender.waiting = events
+    events = building_for(sender, Watched)
     sender._producer = producer
     task = asyncio.create_task(sender._sender())
     try:
@@ -260,9 +272,7 @@ async def test_the_emitter_builds_waiting_events_before_its_batch_a_few_at_a_tim
     finally:
         task.cancel()
     assert len(producer.sent) == 1
-    assert [data_of((b"", value))[1]["route"] for value in producer.sent[0]] == [
-        f"/items/{number}" for number in range(12)
-    ]
+    assert routes(producer.sent[0]) == [f"/items/{number}" for number in range(12)]
     # The loop turned between a few events: the ready callback ran with some still waiting.
     assert len(seen_between) == 1
     assert 0 < seen_between[0] < 12
@@ -270,8 +280,7 @@ async def test_the_emitter_builds_waiting_events_before_its_batch_a_few_at_a_tim
 
 async def test_closing_the_emitter_builds_and_keeps_the_waiting_events(tmp_path: Path) -> None:
     sender = emitter(tmp_path)  # never connected: what it holds at close goes to the spool
-    events = recorder_for(sender, sender.wake)
-    sender.waiting = events
+    events = building_for(sender)
     for number in range(3):
         events.finished(exchange("acme", number), None, False)
     await sender.close(0.2)
@@ -294,8 +303,7 @@ async def test_exchanges_finishing_while_a_batch_is_built_wait_for_the_next_batc
                 if number is not None:
                     self.finished(exchange("acme", number), None, False)
 
-    events = recorder_for(sender, sender.wake, kind=Busy)
-    sender.waiting = events
+    events = building_for(sender, Busy)
     sender._producer = producer
     task = asyncio.create_task(sender._sender())
     try:
@@ -305,9 +313,7 @@ async def test_exchanges_finishing_while_a_batch_is_built_wait_for_the_next_batc
     finally:
         task.cancel()
     assert producer.sent, "no batch was sent: building never ended"
-    assert [data_of((b"", value))[1]["route"] for value in producer.sent[0]] == [
-        f"/items/{number}" for number in range(12)
-    ]
+    assert routes(producer.sent[0]) == [f"/items/{number}" for number in range(12)]
     # and those that finished meanwhile went with the next batch
     assert len(producer.sent) >= 2
-    assert data_of((b"", producer.sent[1][0]))[1]["route"] == "/items/100"
+    assert routes(producer.sent[1])[0] == "/items/100"
