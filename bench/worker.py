@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
+from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError  # noqa: E402
 
 from kmeter import topics  # noqa: E402
 from kmeter.kafka.admin import KafkaAdmin  # noqa: E402
@@ -161,12 +162,15 @@ def _free_port() -> int:
 
 
 async def _committed(bootstrap: str, namespace: str) -> int:
+    """The sum of the worker group's committed offsets; 0 while the group has no coordinator."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(
             topics.meter_consumer_group(namespace, METER)
         )
+    except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
+        return 0  # a broker just started creates __consumer_offsets on the first lookup
     finally:
         await admin.close()
     return sum(meta.offset for meta in offsets.values() if meta.offset > 0)
