@@ -1,6 +1,6 @@
 """The sidecar against nginx as a reverse proxy and against no proxy at all, in one run.
 
-    python bench/sidecar.py [--duration 10] [--connections 16]
+    python bench/sidecar.py [--duration 10] [--connections 16] [--rounds 3]
 
 Set-up (DESIGN.md "Performance notes"): the app is nginx answering a 40-byte JSON, a process of
 its own; the load generator (``wrk``, keep-alive connections) and the app share CPU 0; the proxy
@@ -11,11 +11,15 @@ and put back afterwards. The sidecar emits its events to the real Kafka of ``scr
 (``KMETER_KAFKA_BOOTSTRAP``, or asked from ``scripts/testenv env``), reading a value from every
 response (``--value tokens=$.usage.total_tokens``).
 
-Measured per target, in this order after a 2-second warm-up at full load: the latency at
-~1,000 requests/s (independent clients, then bursts), then the maximum throughput. Before the
-paced runs the bench waits until the sidecar holds no event (its queue and spool empty, read
-from its ``/metrics``): the warm-up can leave a backlog, and delivering it is recovery from
-overload, not the steady state the latency goal is about. The wait, and the sidecar's
+Measured per target: a 2-second warm-up at full load; then the paced runs at ~1,000
+requests/s, ``--rounds`` of them (3 by default) taking turns — round after round, the app
+directly, nginx, the sidecar — so that a spell of noise from this VM's neighbours falls on all
+three and not on one; then the latency in bursts and the maximum throughput. Each paced figure
+is the **median over the rounds** (every round is in ``at_1000_rounds``); an *added* latency is
+taken per round against the app's own run of that round, then the median. Before each of the
+sidecar's paced runs the bench waits until it holds no event (its queue and spool empty, read
+from its ``/metrics``): the full-load runs leave a backlog, and delivering it is recovery from
+overload, not the steady state the latency goal is about. The waits, and the sidecar's
 emitted/spooled/replayed/dropped counts, are reported.
 
 * **max throughput**: ``wrk -t1 -c<connections>`` for ``--duration`` seconds;
@@ -24,8 +28,8 @@ emitted/spooled/replayed/dropped counts, are reported.
   mean 10 ms; wrk truncates it to whole milliseconds) between a response and its next
   request — ten independent clients, arrivals close to a Poisson stream of ~1,000 requests/s
   (the achieved rate is reported). wrk's latency excludes the delay. LuaJIT's generator is
-  never seeded, so every run draws the same delays. *Added* latency is the proxy's p50/p99
-  minus the direct p50/p99 at the same rate. The goals are judged on this run;
+  never seeded, so every run draws the same delays. The goals are judged on these runs'
+  medians;
 * **latency in bursts** (``at_1000_bursts``), reported beside it: the same 10 connections with
   a *fixed* 10 ms delay. They phase-lock — each one's next request is timed from a response
   that came back with the others' — so the proxy sees bursts of ~10 simultaneous requests every
@@ -34,13 +38,14 @@ emitted/spooled/replayed/dropped counts, are reported.
   rate. Until 2026-12-06 this was the only paced run, and its figures were reported under
   ``at_1000`` (``docs/benchmarks.md``);
 * **CPU per 1,000 requests**: the proxy process's utime+stime from ``/proc/<pid>/stat``, over
-  the max-throughput run (work per request) and over the paced run of independent clients
+  the max-throughput run (work per request) and over each paced run of independent clients
   (cores per 1,000 requests/s, which includes idle wake-ups: bursts would share them);
 * **RSS**: ``VmRSS`` and ``VmHWM`` (peak) of the proxy after the runs;
 * **the machine's state**, per target: ``cpu1_python_loop_ms``, a fixed pure-Python loop timed
-  on CPU 1 just before the paced run (best of five), and ``cpu1_steal_pct_paced``, CPU 1's
-  steal time during it. This VM's neighbours move both, and every CPU figure with them: the
-  same sidecar has measured 0.13 and 0.24 core per 1,000 rps ten minutes apart.
+  on CPU 1 just before each paced run (best of five), and ``cpu1_steal_pct_paced``, CPU 1's
+  steal time during it (medians; per round in ``at_1000_rounds``). This VM's neighbours move
+  both, and every CPU figure with them: the same sidecar has measured 0.13 and 0.24 core per
+  1,000 rps ten minutes apart.
 
 The last line printed is one JSON object with every figure.
 """
@@ -55,6 +60,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -284,47 +290,85 @@ def cpu1_python_loop_ms() -> float:
         os.sched_setaffinity(0, previous)
 
 
-def measure(
-    url: str,
-    pid: int | None,
-    args: argparse.Namespace,
-    scripts: Scripts,
-    *,
-    settle: Callable[[], float] | None = None,
-) -> dict[str, Any]:
-    wrk(url, connections=args.connections, duration=2, script=scripts.request)  # warm-up
-    settled = settle() if settle else 0.0
-    loop_ms = cpu1_python_loop_ms()
-    before = cpu_seconds(pid) if pid else 0.0
+class Target(NamedTuple):
+    """One thing measured: its URL, the pid whose CPU is counted (none for the app itself), and
+    what to wait for before a paced run (the sidecar's event backlog)."""
+
+    name: str
+    url: str
+    pid: int | None = None
+    settle: Callable[[], float] | None = None
+
+
+def paced_round(target: Target, args: argparse.Namespace, scripts: Scripts) -> dict[str, Any]:
+    """One run at ~1,000 requests/s from independent clients, with the CPU it took and the
+    machine's state meanwhile."""
+    result: dict[str, Any] = {}
+    if target.settle:
+        result["drained_before_s"] = target.settle()
+    result["cpu1_python_loop_ms"] = cpu1_python_loop_ms()
+    before = cpu_seconds(target.pid) if target.pid else 0.0
     steal_before, ticks_before = cpu1_ticks()
     started = time.monotonic()
-    paced = wrk(url, connections=10, duration=args.duration, script=scripts.poisson)
+    paced = wrk(target.url, connections=10, duration=args.duration, script=scripts.poisson)
     elapsed = time.monotonic() - started
-    paced_cpu = cpu_seconds(pid) - before if pid else 0.0
     steal_after, ticks_after = cpu1_ticks()
-    bursts = wrk(url, connections=10, duration=args.duration, script=scripts.bursts)
-    before = cpu_seconds(pid) if pid else 0.0
-    peak = wrk(url, connections=args.connections, duration=args.duration, script=scripts.request)
-    work = cpu_seconds(pid) - before if pid else 0.0
-    result: dict[str, Any] = {
-        "max_rps": round(peak["rps"]),
-        **{
-            name: {"rps": round(run["rps"]), "p50_ms": run["p50_ms"], "p99_ms": run["p99_ms"]}
-            for name, run in (("at_1000", paced), ("at_1000_bursts", bursts))
-        },
-        "non_2xx": peak["non_2xx"] + paced["non_2xx"] + bursts["non_2xx"],
-        "cpu1_python_loop_ms": loop_ms,
-        "cpu1_steal_pct_paced": round(
-            100 * (steal_after - steal_before) / max(1, ticks_after - ticks_before), 2
-        ),
-    }
-    if settle:
-        result["drained_before_paced_s"] = settled
-    if pid:
-        result["cpu_s_per_1000_requests"] = round(1000 * work / peak["requests"], 4)
-        result["cores_per_1000_rps"] = round(paced_cpu / elapsed / (paced["rps"] / 1000), 4)
-        result["memory_kib"] = memory_kib(pid)
+    result.update(rps=round(paced["rps"]), p50_ms=paced["p50_ms"], p99_ms=paced["p99_ms"])
+    result["non_2xx"] = paced["non_2xx"]
+    result["cpu1_steal_pct"] = round(
+        100 * (steal_after - steal_before) / max(1, ticks_after - ticks_before), 2
+    )
+    if target.pid:
+        cpu = cpu_seconds(target.pid) - before
+        result["cores_per_1000_rps"] = round(cpu / elapsed / (paced["rps"] / 1000), 4)
     return result
+
+
+def measure(
+    targets: list[Target], args: argparse.Namespace, scripts: Scripts
+) -> dict[str, dict[str, Any]]:
+    """Every figure of every target. The paced runs, on which the latency and CPU goals are
+    judged, take turns: round after round, each target once, so a spell of noise from the
+    machine's neighbours falls on all of them, and each figure is the median over the rounds
+    (an *added* latency is taken per round, against the app's own run of that round)."""
+    for target in targets:  # warm-up at full load
+        wrk(target.url, connections=args.connections, duration=2, script=scripts.request)
+    rounds: dict[str, list[dict[str, Any]]] = {target.name: [] for target in targets}
+    for _ in range(args.rounds):
+        for target in targets:
+            rounds[target.name].append(paced_round(target, args, scripts))
+    results: dict[str, dict[str, Any]] = {}
+    for target in targets:
+        bursts = wrk(target.url, connections=10, duration=args.duration, script=scripts.bursts)
+        before = cpu_seconds(target.pid) if target.pid else 0.0
+        peak = wrk(
+            target.url, connections=args.connections, duration=args.duration, script=scripts.request
+        )
+        work = cpu_seconds(target.pid) - before if target.pid else 0.0
+        runs = rounds[target.name]
+        result: dict[str, Any] = {
+            "max_rps": round(peak["rps"]),
+            "at_1000": {key: _median(runs, key) for key in ("rps", "p50_ms", "p99_ms")},
+            "at_1000_bursts": {
+                "rps": round(bursts["rps"]),
+                "p50_ms": bursts["p50_ms"],
+                "p99_ms": bursts["p99_ms"],
+            },
+            "non_2xx": peak["non_2xx"] + bursts["non_2xx"] + sum(run["non_2xx"] for run in runs),
+            "cpu1_python_loop_ms": _median(runs, "cpu1_python_loop_ms"),
+            "cpu1_steal_pct_paced": _median(runs, "cpu1_steal_pct"),
+        }
+        if target.pid:
+            result["cpu_s_per_1000_requests"] = round(1000 * work / peak["requests"], 4)
+            result["cores_per_1000_rps"] = _median(runs, "cores_per_1000_rps")
+            result["memory_kib"] = memory_kib(target.pid)
+        result["at_1000_rounds"] = runs
+        results[target.name] = result
+    return results
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    return round(float(statistics.median(run[key] for run in runs)), 4)
 
 
 def testenv_tasks() -> list[int]:
@@ -401,6 +445,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument(
+        "--rounds", type=int, default=3, help="paced runs per target, taking turns (median)"
+    )
+    parser.add_argument(
         "--post-bytes", type=int, default=0, help="POST a JSON body of this size instead of GET"
     )
     args = parser.parse_args()
@@ -465,16 +512,21 @@ def main() -> None:
             # the rest of the test environment move to CPU 0 with the load generator and app.
             moved = pin(testenv_tasks(), {0})
             results["testenv_threads_moved_to_cpu0"] = len(moved)
-            results["direct"] = measure(f"http://127.0.0.1:{app_port}/", None, args, scripts)
-            results["nginx"] = measure(
-                f"http://127.0.0.1:{nginx_port}/", worker_pid(proxy), args, scripts
-            )
-            results["sidecar"] = measure(
-                f"http://127.0.0.1:{sidecar_port}/",
-                running.process.pid,
-                args,
-                scripts,
-                settle=lambda: wait_until_drained(running),
+            results.update(
+                measure(
+                    [
+                        Target("direct", f"http://127.0.0.1:{app_port}/"),
+                        Target("nginx", f"http://127.0.0.1:{nginx_port}/", worker_pid(proxy)),
+                        Target(
+                            "sidecar",
+                            f"http://127.0.0.1:{sidecar_port}/",
+                            running.process.pid,
+                            settle=lambda: wait_until_drained(running),
+                        ),
+                    ],
+                    args,
+                    scripts,
+                )
             )
             results["sidecar"]["events"] = {
                 kind: int(running.metric(f"kmeter_sidecar_events_{kind}_total"))
@@ -499,11 +551,17 @@ def summarize(results: dict[str, Any], args: argparse.Namespace) -> dict[str, An
     direct, nginx, ours = results["direct"], results["nginx"], results["sidecar"]
     for name in ("nginx", "sidecar"):
         target = results[name]
-        for run, suffix in (("at_1000", ""), ("at_1000_bursts", "_bursts")):
-            for percentile in ("p50", "p99"):
-                target[f"added_{percentile}_ms{suffix}"] = round(
-                    target[run][f"{percentile}_ms"] - direct[run][f"{percentile}_ms"], 3
-                )
+        for percentile in ("p50", "p99"):
+            key = f"{percentile}_ms"
+            added = [
+                round(run[key] - app[key], 3)
+                for run, app in zip(target["at_1000_rounds"], direct["at_1000_rounds"], strict=True)
+            ]
+            target[f"added_{key}_rounds"] = added
+            target[f"added_{key}"] = round(statistics.median(added), 3)
+            target[f"added_{key}_bursts"] = round(
+                target["at_1000_bursts"][key] - direct["at_1000_bursts"][key], 3
+            )
     return {
         "benchmark": "sidecar",
         "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
@@ -511,6 +569,7 @@ def summarize(results: dict[str, Any], args: argparse.Namespace) -> dict[str, An
         "connections": args.connections,
         "request": f"POST of {args.post_bytes} bytes" if args.post_bytes else "GET",
         "duration_s": args.duration,
+        "rounds": args.rounds,
         "kafka": True,
         **results,
         "ratios": {
