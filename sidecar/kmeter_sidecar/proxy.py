@@ -238,9 +238,13 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(431, "the request head is larger than the sidecar accepts")
 
     def eof_received(self) -> bool | None:
-        # A client half-closing after its request still gets the answer: keep the socket open
-        # while an exchange is in progress; otherwise close.
-        return self.current is not None and not self.current.finished
+        # The client closed its side (FIN): as nginx does, it has left — curl, aiohttp, httpx
+        # and the openai client all close so. Returning None closes the transport; the
+        # exchange in progress then ends in connection_lost as cut short (499 or the status
+        # so far, aborted), and its app connection is closed, so an app streaming an answer
+        # to nobody stops. Waiting for the answer instead would let a stream that hangs hold
+        # the event, and the app its work, for as long as the app likes.
+        return None
 
     def pause_writing(self) -> None:
         self.writing_paused = True

@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -355,10 +356,12 @@ async def test_sse_passes_byte_exact_and_its_final_usage_is_in_the_event(
     assert event["data"]["response_bytes"] == len(b"".join(SSE_CHUNKS))
 
 
+@pytest.mark.parametrize("leaving", ["closes (FIN)", "resets (RST)"])
 async def test_a_client_leaving_mid_stream_still_yields_its_event_with_the_usage_seen(
-    sidecar: Sidecar, kafka_bootstrap: str
+    sidecar: Sidecar, kafka_bootstrap: str, leaving: str
 ) -> None:
-    # The app sends the usage chunk, then hangs; the client reads it and goes away.
+    # The app sends the usage chunk, then hangs; the client reads it and goes away — closing
+    # its side as curl and the openai client do, or resetting the connection.
     request = (
         b"GET /v1/chat/completions?chunks=3 HTTP/1.1\r\nHost: x\r\nX-Customer-Id: leaver\r\n\r\n"
     )
@@ -367,12 +370,21 @@ async def test_a_client_leaving_mid_stream_still_yields_its_event_with_the_usage
         received = b""
         while b"total_tokens" not in received:
             received += sock.recv(65536)
+        if leaving == "resets (RST)":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(5)  # the sidecar closes at once, not when the app's stream ends
+            while sock.recv(65536):
+                pass
 
     ((_, event),) = await events_after_shutdown(sidecar, kafka_bootstrap)
     assert event["subject"] == "leaver"
     assert event["data"]["aborted"] is True
     assert event["data"]["status"] == 200
     assert event["data"]["usage"]["total_tokens"] == 21
+    # ended when the client left, not cut at shutdown (the app hangs for 30 s)
+    assert event["data"]["duration_ms"] < 5000
 
 
 async def test_websocket_traffic_passes_through_the_tunnel_byte_exact(
