@@ -43,7 +43,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class JWTSettings:
-    """How JWTs are verified: a shared secret (HS256) or a public key PEM (RS256/ES256)."""
+    """How JWTs are verified: a shared secret (HS*) or a public key PEM (RS*, ES256/ES384)."""
 
     secret: bytes | None = None
     public_key_pem: bytes | None = None
@@ -212,7 +212,8 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     def add(flag: str, help_text: str, **kwargs: object) -> None:
-        env = ENV_PREFIX + flag.removeprefix("--").replace("-", "_").upper()
+        name = str(kwargs.get("dest", flag.removeprefix("--").replace("-", "_")))
+        env = ENV_PREFIX + name.upper()  # what parse_config reads: --value's is KMETER_VALUES
         parser.add_argument(flag, help=f"{help_text} [{env}]", **kwargs)  # type: ignore[arg-type]
 
     parser.add_argument("--version", action="version", version=__version__)
@@ -248,9 +249,12 @@ def _parser() -> argparse.ArgumentParser:
         "--missing-subject",
         "a request without a subject: anonymous (counted as 'anonymous') or reject (401)",
     )
-    add("--jwt-secret", "HS256 shared secret; JWT signatures are then verified")
-    add("--jwt-secret-file", "file holding the HS256 shared secret")
-    add("--jwt-public-key-file", "PEM public key (RSA for RS256, EC P-256 for ES256)")
+    add("--jwt-secret", "shared secret (HS256/384/512); JWT signatures are then verified")
+    add("--jwt-secret-file", "file holding the shared secret (HS256/384/512)")
+    add(
+        "--jwt-public-key-file",
+        "PEM public key: RSA (RS256/384/512) or EC P-256/P-384 (ES256/ES384)",
+    )
     add("--jwt-audience", "required JWT aud (checked when a key is configured)")
     add("--jwt-issuer", "required JWT iss (checked when a key is configured)")
     add(
@@ -259,6 +263,7 @@ def _parser() -> argparse.ArgumentParser:
         "data (repeatable; env: entries separated by newlines or ';')",
         action="append",
         dest="values",
+        metavar="NAME=JSONPATH",
     )
     add("--value-max-body", "largest response body buffered to read values (default 1Mi)")
     add("--spool-dir", "directory of the on-disk spool (an emptyDir in Kubernetes)")

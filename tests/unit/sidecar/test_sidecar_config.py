@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,24 @@ def test_environment_variables_configure_everything_and_flags_win() -> None:
     assert config.spool_max_bytes == 64 << 20
     assert config.upstream_timeout == 0.5
     assert config.spool_dir == Path("/tmp/kmeter-sidecar-spool")
+
+
+def test_the_help_names_the_variable_each_flag_is_read_from(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        parse_config(["--help"], {})
+    options = capsys.readouterr().out.split("options:", 1)[1]
+    flag_help = r"^  (--[a-z-]+)\s(?:(?!^  -).)*?\[(KMETER_[A-Z_]+)\]"  # one option's lines
+    names = dict(re.findall(flag_help, options, re.M | re.S))
+    assert len(names) > 40
+    assert names["--value"] == "KMETER_VALUES"  # not KMETER_VALUE, which nothing reads
+    samples = {"--value": "tokens=$.t", "--linger-ms": "7", "--jwt-secret": "s"}
+    for flag, sample in samples.items():
+        env = {"KMETER_KAFKA_BOOTSTRAP": "k:9092", "KMETER_NAMESPACE": "team-a"}
+        from_env = parse_config([], {**env, names[flag]: sample})
+        from_flag = parse_config([*BASE, flag, sample], {})
+        assert from_env == from_flag, flag
 
 
 @pytest.mark.parametrize(
