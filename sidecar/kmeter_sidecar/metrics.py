@@ -21,7 +21,8 @@ metric                                         meaning
 ``kmeter_sidecar_spool_bytes``                 bytes in the spool directory
 ``kmeter_sidecar_kafka_up``                    1 while the producer is connected
 ``kmeter_sidecar_connections``                 open client connections
-``kmeter_sidecar_value_body_too_large_total``  responses whose body was too large to read values
+``kmeter_sidecar_value_body_too_large_total``  responses whose JSON body or an SSE event was too
+                                               large to read values from
 ``kmeter_sidecar_requests_refused_total``      requests refused by enforcement, by ``reason``:
                                                ``quota`` (429), ``rate_limit`` (429),
                                                ``decisions_unavailable`` (503, fail-closed)

@@ -277,7 +277,7 @@ class ClientConnection(asyncio.Protocol):
         self.head_started = self.sidecar.now()
         self.url = b""
         self.headers = []
-        self.parsing = Exchange(self.head_started)
+        self.parsing = Exchange(time.perf_counter())  # the loop's clock has 1 ms steps
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -429,7 +429,7 @@ class ClientConnection(asyncio.Protocol):
         values = None
         if reader is not None:
             values = reader.finish()
-            if getattr(reader, "overflowed", False):
+            if reader.too_large:
                 sidecar.metrics.value_body_too_large.inc()
         sidecar.recorder.finished(exchange, values, aborted)
 
@@ -623,9 +623,17 @@ class ClientConnection(asyncio.Protocol):
             metrics.rejected_malformed.inc()
         current = self.current
         if current is not None and not current.finished:
-            # an answer is in progress: this one cannot be sent in order; just stop
-            self._abort()
-            return
+            if current.status or current is not self.parsing:
+                # an answer is in progress: this one cannot be sent in order; just stop
+                self._abort()
+                return
+            # The request went bad in its body (a malformed chunk, say) before the app
+            # answered: the app gets no more of it (its connection is closed; a head held
+            # back with the bad bytes never leaves), the client gets the 400, and there is no
+            # valid request to bill.
+            current.finished = True
+            if current.upstream is not None:
+                current.upstream.close()
         self.parsing = None
         metrics.count_status(status)
         self.write(problem_response(status, detail, close=True))

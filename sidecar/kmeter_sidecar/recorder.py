@@ -71,8 +71,10 @@ class EventRecorder:
         limit: int,
         wake: Callable[[], None] | None = None,
     ) -> None:
-        """``wake``: tells the sink that events wait to be built (its sender sleeps until then);
-        None when the sink does not build before its batches — events are then built at once."""
+        """``now``: the clock of ``Exchange.started``, in seconds (the sidecar's is
+        ``time.perf_counter``: the event loop's clock moves in 1 ms steps). ``wake``: tells the
+        sink that events wait to be built (its sender sleeps until then); None when the sink
+        does not build before its batches — events are then built at once."""
         self._events = events
         self._sink = sink
         self._quotas = quotas

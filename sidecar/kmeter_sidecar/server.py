@@ -94,7 +94,7 @@ class Sidecar:
             self.emitter,
             self.quotas,
             self.metrics,
-            self.now,
+            time.perf_counter,  # durations: Exchange.started is on this clock
             limit=config.batch_max,
             wake=emitter.wake if emitter is not None else None,
         )

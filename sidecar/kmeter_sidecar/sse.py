@@ -57,6 +57,7 @@ class SSEValueReader:
         self._data: list[bytes] = []
         self._data_size = 0
         self._oversized = False  # the current event's data exceeded the bound
+        self.too_large = False  # some event was skipped for its size
         self.values: dict[str, Any] = {}
         self.events = 0
 
@@ -73,8 +74,7 @@ class SSEValueReader:
         if lines:
             self._lines([line.rstrip(b"\r\n") for line in lines])
         if len(tail) > self._max:  # an over-long line: drop it, and its rest when it comes
-            self._skipping = True
-            self._oversized = True
+            self._skipping = self._oversized = self.too_large = True
             tail = b""
         self._pending = tail + b"\r" if hold_cr else tail
 
@@ -94,7 +94,7 @@ class SSEValueReader:
                     continue
                 self._data_size += len(value) + 1
                 if self._data_size > self._max:
-                    self._oversized = True
+                    self._oversized = self.too_large = True
                     self._data.clear()
                 elif not self._oversized:
                     self._data.append(value)

@@ -43,6 +43,11 @@ __all__ = ["EventFactory", "JSONValueReader", "ValueReader", "route_of", "value_
 class ValueReader(Protocol):
     """Sees the response body as it streams by; :meth:`finish` gives the values found."""
 
+    @property
+    def too_large(self) -> bool:
+        """Whether a body (or an SSE event) was beyond the bound, so its values were not read."""
+        ...
+
     def feed(self, chunk: bytes) -> None: ...
 
     def finish(self) -> dict[str, Any]: ...
@@ -67,6 +72,10 @@ class JSONValueReader:
             self._parts.clear()
         else:
             self._parts.append(chunk)
+
+    @property
+    def too_large(self) -> bool:
+        return self.overflowed
 
     def finish(self) -> dict[str, Any]:
         if self.overflowed or not self._parts:
@@ -106,6 +115,10 @@ class _Decoding:
                 data = self._zlib.decompress(tail, self._max + 1)
         except zlib.error:
             self._broken = True
+
+    @property
+    def too_large(self) -> bool:
+        return self._inner.too_large
 
     def finish(self) -> dict[str, Any]:
         return {} if self._broken else self._inner.finish()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from kmeter.core.jsonpath import compile_path
 from kmeter_sidecar.sse import SSEValueReader
+from kmeter_sidecar.usage import value_reader
 
 PATHS = [("usage", compile_path("$.usage")), ("tokens", compile_path("$.usage.total_tokens"))]
 
@@ -75,6 +78,26 @@ def test_an_oversized_event_is_skipped_and_the_next_one_is_still_read() -> None:
     small = b'data: {"usage":{"total_tokens":2}}\n\n'
     assert read(split(huge + small, [100, 3000]), max_event_bytes=1000)["tokens"] == 2
     assert read([huge], max_event_bytes=1000) == {}
+
+
+def test_a_reader_that_skipped_something_too_large_says_so_however_the_body_is_encoded() -> None:
+    huge = b'data: {"usage":{"total_tokens":1},"pad":"' + b"x" * 5000 + b'"}\n\n'
+    small = b'data: {"usage":{"total_tokens":2}}\n\n'
+    big_json = b'{"usage":{"total_tokens":3},"pad":"' + b"x" * 5000 + b'"}'
+    cases = [  # (content type, encoding, body, too large, tokens read)
+        (b"text/event-stream", None, small, False, 2),
+        (b"text/event-stream", None, huge + small, True, 2),  # the next event is still read
+        (b"text/event-stream", b"gzip", huge + small, True, 2),
+        (b"application/json", None, big_json, True, None),
+        (b"application/json", b"gzip", big_json, True, None),
+        (b"application/json", b"gzip", b'{"usage":{"total_tokens":3}}', False, 3),
+    ]
+    for content_type, encoding, body, too_large, tokens in cases:
+        reader = value_reader(content_type, encoding, PATHS, 1000)
+        assert reader is not None
+        reader.feed(gzip.compress(body) if encoding else body)
+        assert reader.finish().get("tokens") == tokens, (content_type, encoding)
+        assert reader.too_large is too_large, (content_type, encoding)
 
 
 def test_non_json_data_and_done_markers_are_ignored() -> None:
