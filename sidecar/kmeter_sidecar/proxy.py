@@ -76,10 +76,37 @@ _PAUSE_UPSTREAM, _PAUSE_BUFFER, _PAUSE_WAIT = 1, 2, 4
 class _Refused(Exception):
     """Stops parsing: answer ``status`` with ``detail`` and close."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, *, malformed: bool = False) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.malformed = malformed
+
+
+_VERSIONS: Final = frozenset({"1.1", "1.0"})
+
+
+def _scan_request(headers: list[tuple[bytes, bytes]], http11: bool) -> tuple[bool, bytes | None]:
+    """(chunked, the Upgrade value) of a request head; raises :class:`_Refused` for what
+    HTTP/1.1 does not allow (RFC 9112): no ``Host`` or two, and transfer codings the sidecar
+    would lose — it re-frames bodies, so only ``chunked`` can pass."""
+    chunked = False
+    upgrade: bytes | None = None
+    hosts = 0
+    for name, value in headers:
+        size = len(name)
+        if size == 17 and name.lower() == b"transfer-encoding":
+            chunked = True
+            if value.strip().lower() != b"chunked":
+                detail = "transfer codings other than chunked are not supported"
+                raise _Refused(501, detail, malformed=True)
+        elif size == 7 and name.lower() == b"upgrade":
+            upgrade = value
+        elif size == 4 and name.lower() == b"host":
+            hosts += 1
+    if hosts > 1 or (hosts == 0 and http11):
+        raise _Refused(400, "an HTTP/1.1 request needs exactly one Host", malformed=True)
+    return chunked, upgrade
 
 
 class Exchange:
@@ -228,7 +255,7 @@ class ClientConnection(asyncio.Protocol):
         except HttpParserCallbackError as error:
             cause = error.__context__
             if isinstance(cause, _Refused):
-                self._refuse(cause.status, cause.detail)
+                self._refuse(cause.status, cause.detail, malformed=cause.malformed)
                 return
             raise
         except HttpParserError as error:
@@ -299,19 +326,16 @@ class ClientConnection(asyncio.Protocol):
         method = parser.get_method()
         if method == b"CONNECT":
             raise _Refused(400, "CONNECT is not supported: this is a reverse proxy")
+        version = parser.get_http_version()
+        if version not in _VERSIONS:
+            raise _Refused(400, f"HTTP/{version} is not supported", malformed=True)
         exchange.method = method.decode("ascii")
         exchange.is_head = method == b"HEAD"
-        exchange.http11 = parser.get_http_version() == "1.1"
+        exchange.http11 = version == "1.1"
         if not parser.should_keep_alive():
             exchange.close = True
         exchange.route = route_of(url)
-        chunked = False
-        upgrade_value: bytes | None = None
-        for name, value in headers:
-            if len(name) == 17 and name.lower() == b"transfer-encoding":
-                chunked = True
-            elif len(name) == 7 and name.lower() == b"upgrade":
-                upgrade_value = value
+        chunked, upgrade_value = _scan_request(headers, exchange.http11)
         exchange.request_chunked = chunked
         if parser.should_upgrade() and upgrade_value is not None:
             exchange.upgrade = upgrade_value

@@ -636,6 +636,13 @@ async def test_malformed_oversized_and_slow_requests_get_4xx_and_the_sidecar_sur
     answer = raw_exchange(port, chunked + b"3\r\nabc\r\n", then=bad_chunk)
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert b"application/problem+json" in answer
+    # requests HTTP/1.1 does not allow, refused before they reach the app (RFC 9112)
+    assert raw_exchange(port, b"GET /json\r\n\r\n").startswith(b"HTTP/1.1 400 ")  # HTTP/0.9
+    assert raw_exchange(port, b"GET /json HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    two_hosts = b"GET /json HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"
+    assert raw_exchange(port, two_hosts).startswith(b"HTTP/1.1 400 ")
+    gzip_chunked = chunked.replace(b"chunked", b"gzip, chunked") + b"0\r\n\r\n"
+    assert raw_exchange(port, gzip_chunked).startswith(b"HTTP/1.1 501 ")
     assert raw_exchange(port, big).startswith(b"HTTP/1.1 431 ")
     many = b"GET / HTTP/1.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(2000)) + b"\r\n"
     assert raw_exchange(port, many).startswith(b"HTTP/1.1 431 ")
@@ -653,7 +660,7 @@ async def test_malformed_oversized_and_slow_requests_get_4xx_and_the_sidecar_sur
     for client in slow_clients:
         client.close()
 
-    assert sidecar.metric('kmeter_sidecar_rejected_total{reason="malformed"}') == 4
+    assert sidecar.metric('kmeter_sidecar_rejected_total{reason="malformed"}') == 8
     assert sidecar.metric('kmeter_sidecar_rejected_total{reason="header_too_large"}') == 2
     assert sidecar.metric('kmeter_sidecar_rejected_total{reason="header_timeout"}') >= 1
     events = await events_after_shutdown(sidecar, kafka_bootstrap)
