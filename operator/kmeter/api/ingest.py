@@ -40,6 +40,7 @@ from kmeter.api.auth import namespace_of
 from kmeter.api.backends import EventSink
 from kmeter.api.errors import ApiError
 from kmeter.core.events import InvalidEventError, UsageEvent, decode_events, encode_event
+from kmeter.kafka.clients import started
 from kmeter.kafka.settings import KafkaSettings
 
 log = logging.getLogger("kmeter.api.ingest")
@@ -81,12 +82,7 @@ class Ingestor:
                     max_batch_size=512 * 1024,
                     max_request_size=8 * 1024 * 1024,
                 )
-                try:
-                    await producer.start()
-                except BaseException:
-                    await producer.stop()
-                    raise
-                self._producer = producer
+                self._producer = await started(producer)
             return self._producer
 
     async def close(self) -> None:

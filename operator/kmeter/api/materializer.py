@@ -37,6 +37,7 @@ from kmeter.api import metrics
 from kmeter.api.meters import MeterInfo, MeterSource
 from kmeter.api.store import MeterStore
 from kmeter.core.fold import decode_total
+from kmeter.kafka.clients import running
 from kmeter.kafka.settings import KafkaSettings
 
 log = logging.getLogger("kmeter.api.materializer")
@@ -182,8 +183,7 @@ class Materializer:
         namespace, name = view.info.key
         topic = topics.meter_topic(namespace, name)
         consumer = self._consumer()
-        await consumer.start()
-        try:
+        async with running(consumer):
             targets: dict[TopicPartition, int] | None = None
             assigned: set[TopicPartition] = set()
             checked = -1e9
@@ -220,8 +220,6 @@ class Materializer:
                 )
                 metrics.MATERIALIZER_LAG.labels(namespace, name).set(lag)
                 metrics.MATERIALIZED_WINDOWS.labels(namespace, name).set(len(view.store))
-        finally:
-            await consumer.stop()
 
     @staticmethod
     async def _partitions(consumer: Any, topic: str) -> set[TopicPartition] | None:

@@ -48,6 +48,7 @@ from kmeter.api.materializer import Materializer
 from kmeter.core.quota import period_at
 from kmeter.core.windows import WindowSize, time_zone
 from kmeter.decisions import QuotaPolicy, SubjectDecision
+from kmeter.kafka.clients import running
 from kmeter.kafka.settings import KafkaSettings
 from kmeter.worker.quotas import clock_offset
 
@@ -200,8 +201,7 @@ class QuotaMaterializer:
             auto_offset_reset="earliest",
             fetch_max_wait_ms=100,
         )
-        await consumer.start()
-        try:
+        async with running(consumer):
             assigned: set[TopicPartition] = set()
             targets: dict[TopicPartition, int] = {}
             loop = asyncio.get_running_loop()
@@ -226,8 +226,6 @@ class QuotaMaterializer:
                     for partition in assigned:
                         positions[partition] = await consumer.position(partition)
                     book.caught_up = all(positions.get(tp, 0) >= end for tp, end in targets.items())
-        finally:
-            await consumer.stop()
 
 
 # --- the answers -------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ receivers only once it has fired for good.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -32,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from kmeter import topics
 from kmeter.kafka.admin import KafkaAdmin
+from kmeter.kafka.clients import running
 from kmeter.kafka.settings import KafkaSettings
 from kmeter.kafka.topics import describe_topics
 from kmeter.kube.client import KubeClient
@@ -107,24 +107,19 @@ class Dispatcher:
             auto_offset_reset="earliest",
             max_poll_interval_ms=900_000,  # a webhook may retry for minutes
         )
-        await consumer.start()
-        try:
-            async with aiohttp.ClientSession() as session:
-                while True:
-                    batch = await consumer.getmany(timeout_ms=500, max_records=100)
-                    for tp, records in batch.items():
-                        for record in records:
-                            await self._handle(session, record.value)
-                            await consumer.commit(
-                                {
-                                    TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(
-                                        record.offset + 1, ""
-                                    )
-                                }
-                            )
-        finally:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
+        async with running(consumer), aiohttp.ClientSession() as session:
+            while True:
+                batch = await consumer.getmany(timeout_ms=500, max_records=100)
+                for tp, records in batch.items():
+                    for record in records:
+                        await self._handle(session, record.value)
+                        await consumer.commit(
+                            {
+                                TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(
+                                    record.offset + 1, ""
+                                )
+                            }
+                        )
 
     async def _handle(self, session: aiohttp.ClientSession, value: bytes | None) -> None:
         try:

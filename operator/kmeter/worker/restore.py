@@ -19,6 +19,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from kmeter.kafka.clients import running
 from kmeter.kafka.settings import KafkaSettings
 
 
@@ -38,18 +39,14 @@ async def read_to_end(
         fetch_max_bytes=32 * 1024 * 1024,
     )
     values: dict[TopicPartition, list[bytes]] = {tp: [] for tp in partitions}
-    async with asyncio.timeout(timeout_s):
-        await consumer.start()
-        try:
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-            ends = await consumer.end_offsets(partitions)
-            remaining = {tp for tp in partitions if await consumer.position(tp) < ends[tp]}
-            while remaining:
-                batch = await consumer.getmany(*remaining, timeout_ms=500)
-                for tp, records in batch.items():
-                    values[tp].extend(r.value for r in records if r.value is not None)
-                remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
-        finally:
-            await consumer.stop()
+    async with asyncio.timeout(timeout_s), running(consumer):
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        remaining = {tp for tp in partitions if await consumer.position(tp) < ends[tp]}
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=500)
+            for tp, records in batch.items():
+                values[tp].extend(r.value for r in records if r.value is not None)
+            remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
     return values

@@ -78,6 +78,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 
 from kmeter import topics
 from kmeter.kafka.admin import KafkaAdmin
+from kmeter.kafka.clients import started
 from kmeter.kafka.topics import describe_topics
 from kmeter.logging_setup import configure_logging
 from kmeter.notifications.dispatcher import Dispatcher, kube_client
@@ -598,8 +599,9 @@ class Worker:
                 producer = AIOKafkaProducer(
                     **self.settings.kafka.client_options(), acks="all", enable_idempotence=True
                 )
-                await asyncio.wait_for(producer.start(), TRANSACTION_TIMEOUT_S)
-                self._policy_producer = producer
+                self._policy_producer = await asyncio.wait_for(
+                    started(producer), TRANSACTION_TIMEOUT_S
+                )
             records = policy_records(
                 self.decisions_topic, self.quota_file.current, self._policies_gone
             )
@@ -629,9 +631,9 @@ class Worker:
         )
         consumer = self._consumer
         consumer.subscribe([self.ingest_topic], listener=_Listener(self))
-        await consumer.start()
         last_gauges = 0.0
         try:
+            await consumer.start()  # in the try: a failed start is stopped too (kafka.clients)
             while not self.stopping.is_set():
                 await self._recover_pending()
                 await self._quota_changes()
