@@ -8,7 +8,8 @@ One module per role, as aiokafka itself is laid out:
 * :mod:`kmeter.kafka.tenant_credentials` — the ``kmeter-kafka`` Secret that carries those
   credentials into the Meters' namespaces, and how workers and sidecars mount it;
 * :mod:`kmeter.kafka.admin` — opening and closing the admin client, and the one exception that
-  says Kafka cannot be reached (``KafkaUnavailable``);
+  says Kafka cannot be reached (``KafkaUnavailable``); :mod:`kmeter.kafka.clients` — starting
+  consumers and producers so that one whose start fails is stopped, not leaked;
 * :mod:`kmeter.kafka.topics` — the topic reconciler: desired topics in, Kafka brought to them,
   a typed outcome per topic back; :mod:`kmeter.kafka.groups` — consumer groups.
 
