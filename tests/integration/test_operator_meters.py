@@ -101,6 +101,35 @@ def test_partitions_grow_on_update_and_a_shrink_is_refused_with_a_reason(
 
 
 @pytest.mark.usefixtures("operator")
+def test_a_meter_created_after_the_one_that_grew_the_ingest_topic_is_gone_is_co_partitioned(
+    resources: Resources, kafka_bootstrap: str
+) -> None:
+    # The ingest topic keeps the 6 partitions a deleted Meter asked for (Kafka never shrinks);
+    # a Meter asking for 3 must still get an output partition for each ingest partition, or
+    # its worker could not write what it counts from partitions 3 to 5.
+    resources.create(
+        "meters", "big", {**LLM_TOKENS, "topic": {**LLM_TOKENS["topic"], "partitions": 6}}
+    )
+    eventually(lambda: resources.ready("meters", "big"), what="big Ready")
+    resources.delete("meters", "big")
+    eventually(lambda: resources.gone("meters", "big"), timeout=120, what="big gone")
+
+    resources.create("meters", "late", {"eventType": "api.call", "aggregation": "COUNT"})
+    eventually(lambda: resources.ready("meters", "late"), what="late Ready")
+    ns = resources.namespace
+    partitions = {
+        name: getattr(describe_topic(kafka_bootstrap, name), "partitions", 0)
+        for name in (
+            topics.ingest_topic(ns),
+            topics.meter_topic(ns, "late"),
+            topics.meter_dedup_topic(ns, "late"),
+            topics.quota_decisions_topic(ns),
+        )
+    }
+    assert set(partitions.values()) == {6}, partitions
+
+
+@pytest.mark.usefixtures("operator")
 def test_topic_config_drift_is_reverted(resources: Resources, kafka_bootstrap: str) -> None:
     resources.create("meters", "drift", LLM_TOKENS)
     eventually(lambda: resources.ready("meters", "drift"), what="Meter Ready")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from kmeter import topics
 from kmeter.kafka.settings import KafkaSettings
 from kmeter.operator.conditions import Condition, merge_conditions, transitions
-from kmeter.operator.meter_topics import TopicLayout, meter_topics
+from kmeter.operator.meter_topics import TopicLayout, meter_topics, quota_topics
 from kmeter.operator.meter_worker import label_value, worker_deployment
 from kmeter.operator.quota_reconcile import check_quota
 from kmeter.operator.settings import OperatorSettings, SettingsError, retry_delay
@@ -59,17 +59,24 @@ layouts = st.builds(
 )
 
 
-@given(own=layouts, others=st.lists(layouts, max_size=5))
+@given(own=layouts, others=st.lists(layouts, max_size=5), existing=st.integers(0, 64))
 def test_shared_topics_take_the_largest_layout_and_the_meters_own_are_co_partitioned(
-    own: TopicLayout, others: list[TopicLayout]
+    own: TopicLayout, others: list[TopicLayout], existing: int
 ) -> None:
-    ingest, output, dedup, dead_letter = meter_topics("team-a", "tokens", own, others)
+    # existing: the ingest topic's partitions now (0: not there yet), perhaps grown by a Meter
+    # since deleted — Kafka never shrinks it, so it may exceed every remaining spec
+    ingest, output, dedup, dead_letter = meter_topics(
+        "team-a", "tokens", own, others, ingest_partitions=existing
+    )
+    decisions, _ = quota_topics("team-a", own, others, ingest_partitions=existing)
     everyone = [own, *others]
     assert ingest.name == topics.ingest_topic("team-a")
     assert ingest.partitions == max(layout.partitions for layout in everyone)
     assert ingest.configs["retention.ms"] == str(max(layout.retention_ms for layout in everyone))
     assert output.name == topics.meter_topic("team-a", "tokens")
-    assert output.partitions == dedup.partitions == ingest.partitions, "co-partitioned"
+    ingest_after = max(ingest.partitions, existing)  # as reconciled: grown, never shrunk
+    assert output.partitions == dedup.partitions == ingest_after, "co-partitioned"
+    assert decisions.partitions == ingest_after, "co-partitioned"
     assert dedup.name == topics.meter_dedup_topic("team-a", "tokens")
     assert output.configs == {
         "cleanup.policy": "compact,delete",

@@ -31,7 +31,13 @@ from kmeter.core.durations import parse_iso_duration
 from kmeter.kafka import tenant_credentials
 from kmeter.kafka.admin import KafkaAdmin
 from kmeter.kafka.settings import TENANT_SECRET
-from kmeter.kafka.topics import KafkaUnavailable, TopicError, TopicOutcome, reconcile_topics
+from kmeter.kafka.topics import (
+    KafkaUnavailable,
+    TopicError,
+    TopicOutcome,
+    describe_topics,
+    reconcile_topics,
+)
 from kmeter.kube.client import KubeApiError, KubeClient, resource_path
 from kmeter.operator.conditions import Condition, merge_conditions
 from kmeter.operator.meter_topics import TopicLayout, meter_topics, quota_topics
@@ -128,11 +134,14 @@ async def _reconcile_topics(
     outcome: MeterOutcome,
 ) -> Condition:
     shared = list(namespace_layouts)
-    desired = [
-        *meter_topics(namespace, name, layout, shared),
-        *quota_topics(namespace, layout, shared),
-    ]
+    ingest = topics.ingest_topic(namespace)
     try:
+        found = await describe_topics(kafka, [ingest])
+        ingest_partitions = found[ingest].partitions if ingest in found else 0
+        desired = [
+            *meter_topics(namespace, name, layout, shared, ingest_partitions=ingest_partitions),
+            *quota_topics(namespace, layout, shared, ingest_partitions=ingest_partitions),
+        ]
         results = await reconcile_topics(kafka, desired)
     except KafkaUnavailable as error:
         outcome.retry_reason = str(error)

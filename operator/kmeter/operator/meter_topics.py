@@ -8,13 +8,19 @@ the (source, id) keys counted, kept for the dedup horizon.
 Both are **co-partitioned** with the ingest topic: the worker writes what it derived from
 ingest partition *p* to partition *p* of each, so a worker taking over partition *p* after a
 rebalance or a crash restores exactly its state from partition *p*. They therefore have at
-least as many partitions as the ingest topic (``spec.topic.partitions`` is a floor).
+least as many partitions as the ingest topic (``spec.topic.partitions`` is a floor) — as the
+ingest topic *is*, not only as the Meters now ask: a Meter deleted after it grew the ingest
+topic leaves it larger than any remaining spec (Kafka never shrinks it), and a Meter created
+then must still get an output partition for every ingest partition, or its worker could not
+write what it derives from the highest ones. The caller passes the ingest topic's current
+partition count (``ingest_partitions``) for that.
 
 The namespace's ingest topic ``kmeter.<ns>.events`` and dead-letter topic are shared by all
-its Meters. Their layout is the *largest* any Meter of the namespace asks for — partitions and
-retention — so Meters never pull a shared topic back and forth, and a Meter asking for fewer
-partitions than the shared topic has is not a shrink. Replication factor cannot be changed
-through the admin API; it is set when a topic is created.
+its Meters. The ingest topic's layout is the *largest* any Meter of the namespace asks for —
+partitions and retention — so Meters never pull it back and forth, and a Meter asking for fewer
+partitions than it has is not a shrink; the dead-letter topic has
+:data:`DEAD_LETTER_PARTITIONS` partitions, kept :data:`DEAD_LETTER_RETENTION_MS`.
+Replication factor cannot be changed through the admin API; it is set when a topic is created.
 
 The namespace's quota topics (:func:`quota_topics`) are shared too: ``quota-decisions``
 (compacted; the workers write the decisions of ingest partition *p* to its partition *p*, so it
@@ -48,16 +54,23 @@ class TopicLayout:
 
 
 def meter_topics(
-    namespace: str, meter: str, own: TopicLayout, namespace_layouts: Iterable[TopicLayout]
+    namespace: str,
+    meter: str,
+    own: TopicLayout,
+    namespace_layouts: Iterable[TopicLayout],
+    *,
+    ingest_partitions: int = 0,
 ) -> list[DesiredTopic]:
-    """Ingest, output and dead-letter topics for ``meter``.
+    """Ingest, output, dedup and dead-letter topics for ``meter``.
 
     ``namespace_layouts`` are the layouts of every Meter in the namespace (this one included
-    or not: it is added), for the shared topics.
+    or not: it is added), for the shared topics; ``ingest_partitions`` the ingest topic's
+    partition count now (0 when it does not exist yet), a floor for the co-partitioned topics.
     """
     layouts = [own, *namespace_layouts]
     shared_partitions = max(layout.partitions for layout in layouts)
     shared_retention = max(layout.retention_ms for layout in layouts)
+    co_partitioned = max(shared_partitions, ingest_partitions)
     return [
         DesiredTopic(
             name=topics.ingest_topic(namespace),
@@ -67,13 +80,13 @@ def meter_topics(
         ),
         DesiredTopic(
             name=topics.meter_topic(namespace, meter),
-            partitions=shared_partitions,
+            partitions=co_partitioned,
             replication_factor=own.replication_factor,
             configs={"cleanup.policy": "compact,delete", "retention.ms": str(own.retention_ms)},
         ),
         DesiredTopic(
             name=topics.meter_dedup_topic(namespace, meter),
-            partitions=shared_partitions,
+            partitions=co_partitioned,
             replication_factor=own.replication_factor,
             configs={"cleanup.policy": "delete", "retention.ms": str(DEDUP_HORIZON_MS)},
         ),
@@ -87,21 +100,26 @@ def meter_topics(
 
 
 def quota_topics(
-    namespace: str, own: TopicLayout, namespace_layouts: Iterable[TopicLayout]
+    namespace: str,
+    own: TopicLayout,
+    namespace_layouts: Iterable[TopicLayout],
+    *,
+    ingest_partitions: int = 0,
 ) -> list[DesiredTopic]:
-    """The namespace's quota decisions and notifications topics (see the module)."""
+    """The namespace's quota decisions and notifications topics (see the module); the decisions
+    topic is co-partitioned with the ingest topic, so ``ingest_partitions`` is a floor."""
     layouts = [own, *namespace_layouts]
-    shared_partitions = max(layout.partitions for layout in layouts)
+    partitions = max(ingest_partitions, *(layout.partitions for layout in layouts))
     return [
         DesiredTopic(
             name=topics.quota_decisions_topic(namespace),
-            partitions=shared_partitions,
+            partitions=partitions,
             replication_factor=own.replication_factor,
             configs={"cleanup.policy": "compact"},
         ),
         DesiredTopic(
             name=topics.notifications_topic(namespace),
-            partitions=shared_partitions,
+            partitions=partitions,
             replication_factor=own.replication_factor,
             configs={"cleanup.policy": "delete", "retention.ms": str(NOTIFICATIONS_RETENTION_MS)},
         ),
