@@ -103,6 +103,15 @@ def test_a_regular_container_is_appended_and_the_app_stays_the_default_container
     assert find_port(pod, "http") == 15080
 
 
+def test_the_default_container_is_the_one_whose_port_is_taken_not_the_first() -> None:
+    pod = app_pod()
+    shipper = {"name": "log-shipper", "image": "shipper:1"}
+    pod["spec"]["containers"].insert(0, shipper)
+    pod = applied(pod, REGULAR)
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["log-shipper", "app", SIDECAR_NAME]
+    assert pod["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] == "app"
+
+
 def test_a_default_container_the_pod_names_is_kept() -> None:
     annotations = {"kmeter.io/inject": "true", "kubectl.kubernetes.io/default-container": "x"}
     pod = applied(app_pod(annotations), REGULAR)

@@ -172,12 +172,13 @@ def _plan(
     )
     warnings = list(request.warnings)
     if not request.native and DEFAULT_CONTAINER not in annotations:
-        # `kubectl logs` and `exec` pick the first container unless told; keep it the app.
+        # `kubectl logs` and `exec` pick the first container unless told: name the app's,
+        # the one whose port the sidecar takes over.
         patch.append(
             {
                 "op": "add",
                 "path": f"/metadata/annotations/{_pointer(DEFAULT_CONTAINER)}",
-                "value": str(containers[0].get("name")),
+                "value": str(containers[container_index].get("name")),
             }
         )
     return Inject(patch, port_name, new_name, request.native, tuple(warnings))

@@ -4,9 +4,10 @@ The injector's webhook has ``failurePolicy: Ignore`` — metering never blocks a
 pod created while no injector answered (it was down, slow, its certificate broken), or before
 it was installed, or in a namespace the webhook excludes, or with a bad annotation, runs
 unmetered. Admission is synchronous, so a pod as stored is final: one that carries
-``kmeter.io/inject: "true"`` but not ``kmeter.io/status: injected`` and the
-``kmeter-sidecar`` container *escaped* injection, and nothing will fix it but a new pod
-(``kubectl rollout restart``).
+``kmeter.io/inject: "true"`` but no ``kmeter-sidecar`` container *escaped* injection, and
+nothing will fix it but a new pod (``kubectl rollout restart``). A pod that has the container
+without ``kmeter.io/status: injected`` (a copy of an injected pod, say) is metered: the
+injector leaves it alone for the same reason (its idempotency check is either of the two).
 
 The operator watches such pods and, the first time it sees one, posts a Warning Event on the
 pod (reason ``InjectionEscaped``) and counts it in the gauge
@@ -25,7 +26,6 @@ from typing import Any, Final
 from prometheus_client import Gauge
 
 INJECT: Final = "kmeter.io/inject"
-STATUS: Final = "kmeter.io/status"
 SIDECAR: Final = "kmeter-sidecar"
 REASON: Final = "InjectionEscaped"
 
@@ -44,15 +44,14 @@ def escaped(pod: Mapping[str, Any]) -> str | None:
         return None
     spec = pod.get("spec") or {}
     containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
-    has_sidecar = any(container.get("name") == SIDECAR for container in containers)
-    if annotations.get(STATUS) == "injected" and has_sidecar:
+    if any(container.get("name") == SIDECAR for container in containers):
         return None
-    missing = "no kmeter-sidecar container" if not has_sidecar else "no kmeter.io/status annotation"
     return (
-        f'the pod asks for the kmeter sidecar (kmeter.io/inject: "true") but has {missing}: '
-        "it was created while the injector did not answer, before it was installed, in an "
-        "excluded namespace, or with a bad annotation (see the Events of its owner). Its "
-        "traffic is not metered; re-create it (kubectl rollout restart) once the injector runs"
+        'the pod asks for the kmeter sidecar (kmeter.io/inject: "true") but has no '
+        "kmeter-sidecar container: it was created while the injector did not answer, before "
+        "it was installed, in an excluded namespace, or with a bad annotation (see the Events "
+        "of its owner). Its traffic is not metered; re-create it (kubectl rollout restart) "
+        "once the injector runs"
     )
 
 
