@@ -454,6 +454,31 @@ def test_a_bad_annotation_admits_the_pod_unchanged_with_a_warning_and_an_event(
     assert "pod bare:" in on_namespace.message
 
 
+def test_a_misspelt_annotation_on_a_deployment_is_injected_and_the_user_gets_an_event(
+    webhook: Webhook, namespace: str
+) -> None:
+    # The admission warning goes to the ReplicaSet controller; without an Event nobody would
+    # learn that the subject comes from the default header instead of the JWT claim.
+    typo = {"kmeter.io/inject": "true", "kmeter.io/subject_from": "jwt-claim:sub"}
+    client.AppsV1Api(webhook.api).create_namespaced_deployment(
+        namespace, deployment_manifest("typo-app", typo)
+    )
+    pod = the_deployments_pod(webhook.api, namespace, "typo-app")
+    assert len(sidecars(pod)) == 1
+    [owner] = pod["metadata"]["ownerReferences"]
+    core = client.CoreV1Api(webhook.api)
+
+    def warning_events() -> list[Any] | None:
+        events = core.list_namespaced_event(namespace).items
+        return [e for e in events if e.reason == "InjectionWarning"] or None
+
+    [event] = eventually(warning_events, timeout=30, what="an Event about the typo")
+    assert (event.involved_object.kind, event.involved_object.name) == ("ReplicaSet", owner["name"])
+    assert event.type == "Warning"
+    assert "kmeter sidecar injected, but: kmeter.io/subject_from" in event.message
+    assert "did you mean kmeter.io/subject-from?" in event.message
+
+
 def test_with_one_injector_replica_killed_admissions_keep_working(
     webhook: Webhook, namespace: str
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kmeter.injector import metrics
-from kmeter.injector.events import EventPoster, event_name
+from kmeter.injector.events import WARNED, EventPoster, event_name
 from kmeter.injector.review import Workload
 from kmeter.kube.client import KubeApiError, KubeClient
 
@@ -64,6 +64,19 @@ async def test_one_event_per_workload_and_reason_counted_and_coalesced() -> None
     assert kube.applied[-1][1]["count"] == 6
     assert kube.applied[-1][1]["metadata"]["name"] == body["metadata"]["name"]
     assert event_name(WORKLOAD, "a") != event_name(WORKLOAD, "b")
+
+
+async def test_a_warning_about_an_injected_pod_is_an_event_of_its_own() -> None:
+    kube = Recorder()
+    events = poster(kube, min_interval=3600)
+    events.post(WORKLOAD, "kmeter.io/subject_from: not a kmeter annotation", WARNED)
+    events.post(WORKLOAD, "kmeter.io/subject_from: not a kmeter annotation")
+    await events.drain()
+    [(_, warned), (_, refused)] = kube.applied
+    assert warned["reason"] == "InjectionWarning"
+    assert warned["message"].startswith("pod api-7d9f-<generated>: kmeter sidecar injected, but:")
+    assert refused["reason"] == "InjectionRefused"
+    assert warned["metadata"]["name"] != refused["metadata"]["name"]
 
 
 async def test_an_expired_token_logs_in_again_and_the_event_is_still_posted() -> None:

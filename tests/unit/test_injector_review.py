@@ -88,6 +88,12 @@ def test_unknown_annotations_are_warned_about_but_the_pod_is_injected() -> None:
     assert answer.outcome == "injected"
     [warning] = answer.response["response"]["warnings"]
     assert "kmeter.io/subject_from: not a kmeter annotation" in warning
+    assert "did you mean kmeter.io/subject-from?" in warning
+    # and the server posts it as an Event on the workload (the warning reaches a controller)
+    [noted] = answer.warnings
+    assert noted in warning
+    assert answer.workload is not None
+    assert answer.workload.involved_object["kind"] == "ReplicaSet"
 
 
 def test_dry_runs_are_marked_so_no_event_is_posted() -> None:

@@ -19,6 +19,7 @@ get a warning, since a typo (``kmeter.io/subject_from``) would otherwise go unno
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -180,11 +181,18 @@ def _read(annotations: Mapping[str, str], defaults: SidecarDefaults) -> SidecarR
         jwt_secret=jwt_secret,
         jwt_public_key=jwt_public_key,
         warnings=tuple(
-            f"{name}: not a kmeter annotation, ignored (known: see docs/sidecar.md)"
+            _unknown(name)
             for name in sorted(annotations)
             if name.startswith(PREFIX) and name not in KNOWN and not name.startswith(VALUE_PREFIX)
         ),
     )
+
+
+def _unknown(name: str) -> str:
+    known = sorted(key.removeprefix(PREFIX) for key in KNOWN)  # the prefix says nothing
+    guess = difflib.get_close_matches(name.removeprefix(PREFIX), known, n=1)
+    hint = f"did you mean {PREFIX}{guess[0]}? " if guess else ""
+    return f"{name}: not a kmeter annotation, ignored ({hint}known: see docs/sidecar.md)"
 
 
 def sidecar_config(env: Mapping[str, str]) -> Config:

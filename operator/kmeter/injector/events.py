@@ -1,9 +1,12 @@
-"""Kubernetes Events that say why a pod was admitted without its sidecar.
+"""Kubernetes Events that say why a pod was admitted without its sidecar, or with a warning.
 
 An Event goes on the pod's controller (its ReplicaSet, Job, …) or, for a bare pod, on its
 Namespace (:func:`kmeter.injector.review.workload_of`); ``kubectl get events -n <ns>`` shows
-both. Reason ``InjectionRefused``, type ``Warning``, message ``pod <name>: kmeter sidecar not
-injected: <why>``.
+both. Type ``Warning``; reason ``InjectionRefused``, message ``pod <name>: kmeter sidecar not
+injected: <why>`` (:data:`REFUSED`), or reason ``InjectionWarning``, message ``pod <name>:
+kmeter sidecar injected, but: <warning>`` (:data:`WARNED`: an unknown ``kmeter.io/``
+annotation, a typo most likely). The admission warning alone would not do: for a pod a
+controller creates, it goes to the controller, and nobody reads it.
 
 One Event per workload and reason: its name is derived from both, and it is written by
 server-side apply (the Event is created or updated in one request), with a ``count`` kept
@@ -29,13 +32,22 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, NamedTuple
 
 from kmeter.injector import metrics
 from kmeter.injector.review import Workload
 from kmeter.kube.client import KubeApiError, KubeClient, resource_path
 
-REASON: Final = "InjectionRefused"
+
+class EventKind(NamedTuple):
+    """An Event's reason, and how its message begins."""
+
+    reason: str
+    lead: str
+
+
+REFUSED: Final = EventKind("InjectionRefused", "kmeter sidecar not injected")
+WARNED: Final = EventKind("InjectionWarning", "kmeter sidecar injected, but")
 COMPONENT: Final = "kmeter-injector"
 MIN_INTERVAL: Final = 30.0
 MAX_MESSAGE: Final = 1024
@@ -66,9 +78,10 @@ class EventPoster:
         self._tallies: dict[tuple[str, str], _Tally] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def post(self, workload: Workload, reason: str) -> None:
-        """Record that ``workload``'s pod was refused for ``reason``; write the Event soon."""
-        name = event_name(workload, reason)
+    def post(self, workload: Workload, reason: str, kind: EventKind = REFUSED) -> None:
+        """Record that ``workload``'s pod was refused for ``reason`` (or injected with that
+        warning); write the Event soon."""
+        name = event_name(workload, reason, kind)
         now = _timestamp()
         if len(self._tallies) >= MAX_TALLIES:
             self._forget_old()
@@ -81,6 +94,7 @@ class EventPoster:
         body = event_body(
             workload,
             reason,
+            kind,
             name=name,
             first=tally.first,
             last=now,
@@ -130,16 +144,20 @@ class EventPoster:
             await asyncio.wait(set(self._tasks), timeout=within)
 
 
-def event_name(workload: Workload, reason: str) -> str:
+def event_name(workload: Workload, reason: str, kind: EventKind = REFUSED) -> str:
     """``<object>.kmeter-<hash of the reason>``: one Event per workload and reason."""
     involved = workload.involved_object
-    digest = hashlib.sha256(f"{involved.get('uid', '')}\0{reason}".encode()).hexdigest()[:16]
+    key = f"{involved.get('uid', '')}\0{reason}"
+    if kind is not REFUSED:  # the refusals' names stay as they were
+        key += f"\0{kind.reason}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return f"{str(involved['name'])[:200]}.kmeter-{digest}"
 
 
 def event_body(
     workload: Workload,
     reason: str,
+    kind: EventKind = REFUSED,
     *,
     name: str,
     first: str,
@@ -147,7 +165,7 @@ def event_body(
     count: int,
     instance: str,
 ) -> dict[str, object]:
-    message = f"pod {workload.pod}: kmeter sidecar not injected: {reason}"
+    message = f"pod {workload.pod}: {kind.lead}: {reason}"
     if len(message) > MAX_MESSAGE:
         message = message[: MAX_MESSAGE - 3] + "..."
     return {
@@ -155,7 +173,7 @@ def event_body(
         "kind": "Event",
         "metadata": {"name": name, "namespace": workload.namespace},
         "involvedObject": workload.involved_object,
-        "reason": REASON,
+        "reason": kind.reason,
         "message": message,
         "type": "Warning",
         "source": {"component": COMPONENT},

@@ -51,6 +51,8 @@ class Admission:
     """``injected``, ``not_requested``, ``already_injected``, ``excluded_namespace``,
     ``refused``, ``ignored`` (not a Pod CREATE) or ``error``."""
     refusal: str | None = None
+    warnings: tuple[str, ...] = ()
+    """Of an injected pod: what its annotations got wrong that did not stop the injection."""
     workload: Workload | None = None
     dry_run: bool = False
     error: str | None = None
@@ -87,7 +89,13 @@ def _admit(request: Mapping[str, Any], uid: str, settings: InjectorSettings) -> 
         )
     assert isinstance(decision, Inject)
     warnings = [f"kmeter: {warning}" for warning in decision.warnings]
-    return Admission(_allowed(uid, decision.patch, warnings), "injected", dry_run=dry_run)
+    return Admission(
+        _allowed(uid, decision.patch, warnings),
+        "injected",
+        warnings=decision.warnings,
+        workload=workload_of(pod, namespace) if decision.warnings else None,
+        dry_run=dry_run,
+    )
 
 
 def _allowed(uid: str, patch: list[JSON] | None = None, warnings: list[str] | None = None) -> JSON:

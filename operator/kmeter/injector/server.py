@@ -35,7 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kmeter.injector import metrics
 from kmeter.injector.certificates import ServingCertificate
-from kmeter.injector.events import EventPoster
+from kmeter.injector.events import WARNED, EventPoster
 from kmeter.injector.review import admit
 from kmeter.injector.settings import InjectorSettings
 from kmeter.kube.client import KubeClient
@@ -68,14 +68,12 @@ class Injector:
         metrics.ADMISSIONS.labels(admission.outcome).inc()
         metrics.ADMISSION_SECONDS.observe(time.perf_counter() - started)
         self._report(admission.outcome, review, admission.refusal, admission.error)
-        if (
-            admission.refusal is not None
-            and admission.workload is not None
-            and not admission.dry_run
-            and self.events is not None
-        ):
+        if admission.workload is not None and not admission.dry_run and self.events is not None:
             try:
-                self.events.post(admission.workload, admission.refusal)
+                if admission.refusal is not None:
+                    self.events.post(admission.workload, admission.refusal)
+                for warning in admission.warnings:
+                    self.events.post(admission.workload, warning, WARNED)
             except Exception:  # pragma: no cover - posting is best effort
                 log.exception("could not queue an Event")
         return web.Response(body=orjson.dumps(admission.response), content_type="application/json")
