@@ -50,10 +50,14 @@ def test_a_quota_says_meter_not_found_and_recovers_by_itself_when_the_meter_appe
     assert condition["status"] == "False"
     assert condition["reason"] == "MeterNotFound"
     assert f"{resources.namespace}/llm-tokens" in condition["message"]
+    assert "meter" not in (resources.get("quotas", "free-tier") or {})["status"]
 
     resources.create("meters", "llm-tokens", LLM_TOKENS)
 
-    eventually(lambda: resources.ready("quotas", "free-tier"), timeout=60, what="Quota Ready")
+    quota = eventually(
+        lambda: resources.ready("quotas", "free-tier"), timeout=60, what="Quota Ready"
+    )
+    assert quota["status"]["meter"] == "llm-tokens"
     assert eventually(
         lambda: quota_names_in_worker_config(resources, "llm-tokens") == ["free-tier"],
         what="the worker's quota ConfigMap lists the Quota",

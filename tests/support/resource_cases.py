@@ -81,7 +81,7 @@ def quota(name: str, spec: dict[str, Any], field: str, says: str, **extra: Any) 
 JSONPATH = "must be a JSONPath into the event's data"
 GROUP_KEYS = "keys must be names of at most 63 characters"
 RETENTION = "spec.topic.retention must be a positive ISO 8601 duration"
-SUBJECTS = "spec.subjects must set either all: true or a non-empty names list, not both"
+SUBJECTS = "spec.subjects must set exactly one of all: true and a non-empty names list"
 WEBHOOK_URL = "spec.webhook must set either url or urlSecretRef, not both"
 
 METER_REFUSALS = [

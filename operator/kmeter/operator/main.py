@@ -283,7 +283,9 @@ async def quota_reconcile(
         {
             "observedGeneration": body["metadata"].get("generation"),
             "conditions": after,
-            "meter": meter_ref(spec),
+            # the Meter the quota is enforced on: none while it is missing or unfit (null
+            # removes the field from the status)
+            "meter": meter_ref(spec) if condition.status == "True" else None,
         }
     )
     book = state.quota_book(namespace)

@@ -184,7 +184,7 @@ class Subjects(KubeModel):
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
             rule="(has(self.all) && self.all) != (has(self.names) && size(self.names) > 0)",
-            message="spec.subjects must set either all: true or a non-empty names list, not both",
+            message="spec.subjects must set exactly one of all: true and a non-empty names list",
             check=lambda subjects: bool(subjects.all) != bool(subjects.names),
         ),
     )
