@@ -253,6 +253,42 @@ def test_a_malformed_filter_is_refused_not_ignored(
     assert key in answer.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"windowSize": ["DAY", "HOUR"]},
+        {"windowTimeZone": ["UTC", "Europe/Paris"], "windowSize": "HOUR"},
+        {"from": ["2024-03-08T00:00:00Z", "2024-03-09T00:00:00Z"]},
+    ],
+)
+def test_a_parameter_given_twice_is_refused_not_half_ignored(
+    setup: tuple[ApiProcess, list[UsageEvent]], params: dict[str, Any]
+) -> None:
+    answer = get(setup[0], "tokens", params)
+    assert answer.status == 400
+    assert "give it at most once" in answer.json()["detail"]
+
+
+def test_subjects_take_from_and_to_by_the_rules_of_a_query(
+    setup: tuple[ApiProcess, list[UsageEvent]],
+) -> None:
+    api, _ = setup
+
+    def subjects(**params: str) -> Any:
+        query = urllib.parse.urlencode(params)
+        answer = api.call("GET", f"/api/v1/meters/tokens/subjects?{query}", token=TOKEN)
+        check_documented(DOCUMENT, "/api/v1/meters/{meterIdOrSlug}/subjects", "GET", answer)
+        return answer
+
+    off_boundary = subjects(**{"from": "2024-03-08T00:00:30Z"})
+    assert off_boundary.status == 400
+    assert off_boundary.json()["extensions"]["parameter"] == "from"
+    backwards = subjects(**{"from": "2024-03-09T00:00:00Z", "to": "2024-03-08T00:00:00Z"})
+    assert backwards.status == 400
+    assert "to must be after from" in backwards.json()["detail"]
+    assert subjects(**{"from": "2024-03-08T00:00:00Z"}).json() == SUBJECTS
+
+
 def test_aborted_totals_are_never_seen(setup: tuple[ApiProcess, list[UsageEvent]]) -> None:
     api, _ = setup
     answer = api.call("GET", "/api/v1/meters/tokens/subjects", token=TOKEN)

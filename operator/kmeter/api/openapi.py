@@ -304,7 +304,10 @@ SCHEMAS: dict[str, Any] = {
             "dataschema": {"type": ["string", "null"], "minLength": 1},
             "data": {
                 "type": ["object", "null"],
-                "description": "The event's data, nested at most 200 levels deep.",
+                "description": (
+                    "The event's data. The request body nests at most 200 levels in all "
+                    "(the event object and a batch's array count)."
+                ),
             },
             "data_base64": {
                 "type": "null",

@@ -29,7 +29,7 @@ from kmeter.api.materializer import MeterView
 from kmeter.api.store import MeterStore
 from kmeter.core.events import parse_timestamp
 from kmeter.core.rollup import Query, QueryError, Row, check_query, roll_up
-from kmeter.core.windows import WindowSize, storage_seconds, time_zone
+from kmeter.core.windows import WindowSize, time_zone
 
 JSON_TYPE = "application/json"
 CSV_TYPE = "text/csv"
@@ -74,14 +74,20 @@ def _view(request: web.Request, materializer: MeterViews) -> MeterView:
     return view
 
 
-def _instant(request: web.Request, name: str) -> datetime | None:
+def _single(request: web.Request, name: str) -> str | None:
+    """A parameter given at most once (a second value would be silently ignored otherwise)."""
     values = request.query.getall(name, [])
-    if not values:
-        return None
     if len(values) > 1:
         raise ApiError(400, f"{name}: give it at most once")
+    return values[0] if values else None
+
+
+def _instant(request: web.Request, name: str) -> datetime | None:
+    value = _single(request, name)
+    if value is None:
+        return None
     try:
-        return parse_timestamp(values[0])
+        return parse_timestamp(value)
     except ValueError as error:
         raise ApiError(400, f"{name}: {error}") from None
 
@@ -90,15 +96,16 @@ def parse_query(request: web.Request) -> Query:
     """A :class:`Query` from the query string; 400 naming the parameter when malformed."""
     params = request.query
     size = None
-    if "windowSize" in params:
+    size_name = _single(request, "windowSize")
+    if size_name is not None:
         try:
-            size = WindowSize(params["windowSize"])
+            size = WindowSize(size_name)
         except ValueError:
             raise ApiError(
-                400, f"windowSize: {params['windowSize']!r} is not one of MINUTE, HOUR, DAY, MONTH"
+                400, f"windowSize: {size_name!r} is not one of MINUTE, HOUR, DAY, MONTH"
             ) from None
     try:
-        zone = time_zone(params.get("windowTimeZone", "UTC"))
+        zone = time_zone(_single(request, "windowTimeZone") or "UTC")
     except ValueError as error:
         raise ApiError(400, f"windowTimeZone: {error}") from None
     subjects = params.getall("subject", [])
@@ -243,11 +250,17 @@ def routes(materializer: MeterViews) -> dict[str, Any]:
     async def list_subjects(request: web.Request) -> web.Response:
         view = _view(request, materializer)
         start, end = _instant(request, "from"), _instant(request, "to")
+        spec = view.info.spec
+        try:  # the query's rules for the range: on stored-window boundaries, to after from
+            check_query(
+                Query(start=start, end=end),
+                storage_size=spec.window_size,
+                meter_groups=spec.group_names,
+            )
+        except QueryError as error:
+            raise ApiError(400, f"{error}", extensions={"parameter": error.parameter}) from None
         _require_ready(view)
-        low = _seconds(start)
-        if low is not None:  # a window that started before `from` may still overlap it
-            low -= storage_seconds(view.info.spec.window_size) - 1
-        return _json(view.store.subjects(low, _seconds(end)))
+        return _json(view.store.subjects(_seconds(start), _seconds(end)))
 
     return {
         "listMeters": list_meters,
