@@ -97,6 +97,14 @@ def api(  # noqa: PLR0917 - one parameter per option, as typer wants
         ),
     ] = None,
     refresh_seconds: Annotated[float, typer.Option(help="Re-read Meters and tokens.")] = 5.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="KMETER_METRICS_PORT",
+            help="Serve /metrics on this port only (its labels name every tenant's Meters); "
+            "default: on --port.",
+        ),
+    ] = None,
 ) -> None:
     """Run the usage API: OpenMeter-compatible ingest and query (docs/api.md)."""
     from kmeter.api.app import ApiSettings, run  # noqa: PLC0415 - keep other commands light
@@ -109,6 +117,7 @@ def api(  # noqa: PLR0917 - one parameter per option, as typer wants
         default_namespace=namespace,
         tokens=tokens,
         refresh_seconds=refresh_seconds,
+        metrics_port=metrics_port,
     )
     try:
         settings.kafka()

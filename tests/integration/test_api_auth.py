@@ -7,6 +7,7 @@ tokens from Secrets labelled ``kmeter.io/api-token``.
 from __future__ import annotations
 
 import base64
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from tests.support.api import (
     write_tokens,
 )
 from tests.support.kube import Environment
-from tests.support.operator import eventually
+from tests.support.operator import eventually, free_port
 
 from kmeter.api import openapi
 from kmeter.core.events import UsageEvent
@@ -110,6 +111,32 @@ def test_missing_or_wrong_tokens_are_401(two_tenants: tuple[ApiProcess, str, str
             assert answer.status == 401
     for path in ("/healthz", "/readyz", "/openapi.json", "/metrics"):
         assert api.call("GET", path).status == 200
+
+
+def test_with_a_metrics_port_every_tenants_labels_are_served_there_only(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    namespace = f"ten-m-{uuid.uuid4().hex[:6]}"
+    manifest = meter_manifest(namespace, "tokens")
+    create_meter_topics(kafka_bootstrap, namespace, "tokens")
+    metrics_port = free_port()
+    api = ApiProcess(
+        kafka_bootstrap,
+        tmp_path,
+        manifests=write_manifests(tmp_path / "meters", [manifest]),
+        tokens=write_tokens(tmp_path / "tokens.yaml", {namespace: ["token-m"]}),
+        env={"KMETER_METRICS_PORT": str(metrics_port)},
+    )
+    api.start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as scraped:
+            assert f'namespace="{namespace}"' in scraped.read().decode()
+        for token in (None, "token-m"):
+            answer = api.call("GET", "/metrics", token=token)
+            assert answer.status in (401, 404)
+            assert namespace not in answer.body.decode()
+    finally:
+        api.stop()
 
 
 def test_a_token_of_two_namespaces_must_name_one(two_tenants: tuple[ApiProcess, str, str]) -> None:

@@ -240,7 +240,7 @@ def test_the_dashboard_and_monitors_use_only_metrics_the_processes_export(
         (d["kind"], d["metadata"]["name"]) for d in documents if "monitoring" in d["apiVersion"]
     }
     assert monitors == {
-        ("ServiceMonitor", "demo-kmeter-api"),
+        ("PodMonitor", "demo-kmeter-api"),
         ("PodMonitor", "demo-kmeter-operator"),
         ("PodMonitor", "demo-kmeter-workers"),
         ("PodMonitor", "demo-kmeter-sidecars"),
@@ -255,14 +255,19 @@ def test_the_monitors_select_the_ports_and_labels_the_pods_really_have(
     from kmeter.operator.settings import OperatorSettings  # noqa: PLC0415
 
     documents = render(testenv, "metrics.serviceMonitor.enabled=true")
-    service = the(documents, "Service", "demo-kmeter-api")
-    api_monitor = the(documents, "ServiceMonitor", "demo-kmeter-api")
-    assert api_monitor["spec"]["selector"]["matchLabels"].items() <= (
-        service["metadata"]["labels"].items()
+    api_pod = the(documents, "Deployment", "demo-kmeter-api")["spec"]["template"]
+    api_monitor = the(documents, "PodMonitor", "demo-kmeter-api")["spec"]
+    assert api_monitor["selector"]["matchLabels"].items() <= api_pod["metadata"]["labels"].items()
+    [api_endpoint] = api_monitor["podMetricsEndpoints"]
+    [api_container] = api_pod["spec"]["containers"]
+    [metrics_port] = [p for p in api_container["ports"] if p["name"] == api_endpoint["port"]]
+    assert f"--metrics-port={metrics_port['containerPort']}" in api_container["args"]
+    assert api_pod["metadata"]["annotations"]["prometheus.io/port"] == str(
+        metrics_port["containerPort"]
     )
-    assert [e["port"] for e in api_monitor["spec"]["endpoints"]] == [
-        p["name"] for p in service["spec"]["ports"]
-    ]
+    # the Service, which tenants reach, does not carry the metrics (every tenant's labels)
+    service = the(documents, "Service", "demo-kmeter-api")
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
     operator_pod = the(documents, "Deployment", "demo-kmeter-operator")["spec"]["template"]
     operator_monitor = the(documents, "PodMonitor", "demo-kmeter-operator")["spec"]
     assert operator_monitor["selector"]["matchLabels"].items() <= (
@@ -421,7 +426,7 @@ def test_the_api_server_accepts_the_chart_with_every_option_on(
         for d in yaml.safe_load_all(result.stdout.split("MANIFEST:", 1)[1].split("NOTES:", 1)[0])
         if d
     }
-    assert {"ServiceMonitor", "PodMonitor", "ConfigMap", "Deployment", "Service"} <= kinds
+    assert {"PodMonitor", "ConfigMap", "Deployment", "Service"} <= kinds
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,13 @@ Routes (see :mod:`.openapi` for the full contract):
 | ``GET /api/v1/meters`` ``/{meter}`` ``/{meter}/query`` ``/{meter}/subjects`` | :mod:`.query` |
 | ``GET /api/v1/quotas`` ``/{quota}/subjects/{subject}`` | :mod:`.quotas` |
 | the same under ``/api/v1/namespaces/{namespace}/`` | explicit namespace (403 if not the token's) |
-| ``GET /openapi.json`` ``/healthz`` ``/readyz`` ``/metrics`` | no token needed |
+| ``GET /openapi.json`` ``/healthz`` ``/readyz`` | no token needed |
+| ``GET /metrics`` | on ``--metrics-port`` when given (the chart does), else here; no token |
+
+``/metrics`` has every tenant's namespace and Meter names and ingest counts in its labels, so
+a deployment that tenants reach serves it on a port of its own, which the chart does not put
+on the Service (Prometheus scrapes the pods); ``/readyz`` says how many Meters are loading,
+not which.
 
 Start-up: the tokens and the list of Meters are loaded, the HTTP server starts at once
 (``/healthz`` answers), and ``/readyz`` turns 200 once the Meters' totals are read up to date
@@ -65,6 +71,8 @@ class ApiSettings:
     produce_timeout_s: float = 10.0
     max_body_bytes: int = 4 * 1024 * 1024
     max_batch: int = 10_000
+    metrics_port: int | None = None
+    """``/metrics`` on a listener of its own; None: on ``port`` (``kmeter dev``, tests)."""
 
     def kafka(self, environ: Mapping[str, str] | None = None) -> KafkaSettings:
         """The Kafka connection: ``kafka_bootstrap``, with TLS and SASL from the ``KMETER_KAFKA_*``
@@ -139,22 +147,34 @@ def build_app(
         if authenticator is not None and not authenticator.loaded:
             return problem_response(503, "the API tokens are not loaded yet")
         if not materializer.ready:
-            waiting = sorted(
-                f"{ns}/{name}" for (ns, name), view in materializer.views.items() if not view.ready
-            )
+            # how many, not which: no token is asked here, and Meter names are a tenant's
+            waiting = sum(1 for view in materializer.views.values() if not view.ready)
             return problem_response(
-                503, "still reading the totals of: " + (", ".join(waiting) or "(listing Meters)")
+                503,
+                f"still reading the totals of {waiting} Meter(s)" if waiting else "listing Meters",
             )
         return web.Response(body=b'{"status":"ready"}', content_type="application/json")
-
-    async def metrics_text(_: web.Request) -> web.Response:
-        metrics.READY.set(1 if materializer.ready else 0)
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_text)
+    if settings.metrics_port is None:
+        app.router.add_get("/metrics", _metrics_handler(materializer))
+    return app
+
+
+def _metrics_handler(materializer: MeterViews) -> Handler:
+    async def metrics_text(_: web.Request) -> web.Response:
+        metrics.READY.set(1 if materializer.ready else 0)
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return metrics_text
+
+
+def metrics_app(materializer: MeterViews) -> web.Application:
+    """``/metrics`` alone, for ``--metrics-port``."""
+    app = web.Application()
+    app.router.add_get("/metrics", _metrics_handler(materializer))
     return app
 
 
@@ -203,6 +223,11 @@ async def running(settings: ApiSettings) -> AsyncIterator[web.AppRunner]:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
+    runners = [runner]
+    if settings.metrics_port is not None:
+        runners.append(web.AppRunner(metrics_app(materializer), access_log=None))
+        await runners[-1].setup()
+        await web.TCPSite(runners[-1], settings.host, settings.metrics_port).start()
     tasks = [
         asyncio.create_task(authenticator.run(), name="refresh tokens"),
         asyncio.create_task(materializer.run(), name="refresh meters"),
@@ -215,7 +240,8 @@ async def running(settings: ApiSettings) -> AsyncIterator[web.AppRunner]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await runner.cleanup()
+        for each in runners:
+            await each.cleanup()
         await materializer.close()
         await quotas.close()
         await ingestor.close()
