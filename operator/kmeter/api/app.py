@@ -262,4 +262,12 @@ async def serve(settings: ApiSettings) -> None:
 def run(settings: ApiSettings) -> None:
     """The ``kmeter api`` command."""
     configure_logging(logging.INFO, quieter=["aiokafka"])
+    logging.getLogger("aiokafka.cluster").addFilter(_unknown_topic_noise)
     asyncio.run(serve(settings))
+
+
+def _unknown_topic_noise(record: logging.LogRecord) -> bool:
+    """Drop aiokafka's ERROR for a topic that does not exist: any client can cause one at will
+    (events for a namespace without Meters, answered 409), and the materializer asks about a
+    Meter's totals topic every second until the operator made it."""
+    return "not found in cluster metadata" not in record.getMessage()

@@ -153,9 +153,12 @@ def auth_middleware(authenticator: Authenticator) -> Any:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in PUBLIC_PATHS:
             return await handler(request)
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        given = request.headers.getall("Authorization", [])
+        scheme, _, token = (given[0] if len(given) == 1 else "").partition(" ")
         token = token.strip()
         challenge = {"WWW-Authenticate": 'Bearer realm="kmeter"'}
+        if len(given) > 1:  # which one would count is anybody's guess: neither
+            raise ApiError(401, "give one Authorization header, not several", headers=challenge)
         if scheme.lower() != "bearer" or not token:
             raise ApiError(
                 401, "an Authorization: Bearer <token> header is required", headers=challenge

@@ -154,7 +154,8 @@ def make_handler(ingestor: EventSink, max_batch: int) -> Any:
 
     async def ingest(request: web.Request) -> web.Response:
         namespace = namespace_of(request)
-        content_type = request.content_type
+        # aiohttp says application/octet-stream for a request without the header
+        content_type = request.content_type if "Content-Type" in request.headers else ""
         if content_type not in CONTENT_TYPES:
             raise ApiError(
                 415,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -90,13 +90,22 @@ def meter_info(manifest: Mapping[str, Any], default_namespace: str = "default") 
     )
 
 
-def _valid(manifests: Iterable[Mapping[str, Any]], default_namespace: str) -> list[MeterInfo]:
+def _valid(
+    manifests: Iterable[Mapping[str, Any]], default_namespace: str, warned: set[str]
+) -> list[MeterInfo]:
+    """The valid Meters; each distinct problem is logged once (the list is re-read every few
+    seconds, and the same dump each time would bury everything else)."""
     found = []
+    problems = set()
     for manifest in manifests:
         try:
             found.append(meter_info(manifest, default_namespace))
         except ValueError as error:
-            log.warning("skipping an invalid Meter: %s", error)
+            problems.add(str(error))
+            if str(error) not in warned:
+                log.warning("skipping an invalid Meter: %s", error)
+    warned.clear()
+    warned.update(problems)  # a problem fixed and made again is logged again
     return found
 
 
@@ -105,9 +114,10 @@ class KubeMeters:
     """Meters of every namespace, listed through the Kubernetes API."""
 
     kube: KubeClient
+    _warned: set[str] = field(default_factory=set)
 
     async def load(self) -> list[MeterInfo]:
-        return _valid(await self.kube.list(METERS_PATH), "default")
+        return _valid(await self.kube.list(METERS_PATH), "default", self._warned)
 
 
 @dataclass
@@ -116,9 +126,10 @@ class ManifestMeters:
 
     folder: Path
     default_namespace: str = "default"
+    _warned: set[str] = field(default_factory=set)
 
     async def load(self) -> list[MeterInfo]:
-        return _valid(await asyncio.to_thread(self._read), self.default_namespace)
+        return _valid(await asyncio.to_thread(self._read), self.default_namespace, self._warned)
 
     def _read(self) -> list[Mapping[str, Any]]:
         if not self.folder.is_dir():
