@@ -55,6 +55,18 @@ def test_documents_of_other_kinds_and_empty_documents_are_skipped(tmp_path: Path
     assert [quota.key for quota in found.quotas] == [("team-a", "free-tier")]
 
 
+@pytest.mark.parametrize(("written", "limit"), [("1e6", 1_000_000), ("1.5e3", 1500), ("250", 250)])
+def test_a_limit_written_with_an_exponent_is_the_number_kubectl_would_send(
+    tmp_path: Path, written: str, limit: int
+) -> None:
+    # PyYAML alone reads 1e6 as the string "1e6" (YAML 1.1); the API server gets a number
+    text = yaml.safe_dump_all([METER], sort_keys=False) + "---\n"
+    text += yaml.safe_dump(QUOTA, sort_keys=False).replace("limit: 100000", f"limit: {written}")
+    (tmp_path / "all.yaml").write_text(text)
+    [quota] = load_manifests(tmp_path, "team-a").quotas
+    assert quota.resource.spec.limit == limit
+
+
 @pytest.mark.parametrize("case", [*METER_REFUSALS, *QUOTA_REFUSALS], ids=str)
 def test_a_bad_manifest_is_refused_with_the_models_words_naming_file_and_document(
     tmp_path: Path, case: Refusal

@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
 from pydantic import ValidationError
 
 from kmeter.core.fold import MeterSpec
 from kmeter.kube.client import KubeClient
-from kmeter.resources import Meter
+from kmeter.resources import Meter, manifest_yaml
 
 log = logging.getLogger("kmeter.api.meters")
 METERS_PATH = "/apis/kmeter.io/v1alpha1/meters"
@@ -138,7 +137,7 @@ class ManifestMeters:
         for path in sorted(self.folder.iterdir()):
             if path.suffix not in {".yaml", ".yml", ".json"}:
                 continue
-            for document in yaml.safe_load_all(path.read_text()):
+            for document in manifest_yaml.load_all(path.read_text()):
                 if isinstance(document, dict) and document.get("kind") == "Meter":
                     manifests.append(document)
         return manifests

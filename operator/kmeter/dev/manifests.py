@@ -28,7 +28,7 @@ import yaml
 
 from kmeter.api.meters import MeterInfo, meter_info
 from kmeter.operator.quota_reconcile import check_quota
-from kmeter.resources import GROUP, InvalidResource, Meter, Quota, parse_resource
+from kmeter.resources import GROUP, InvalidResource, Meter, Quota, manifest_yaml, parse_resource
 
 __all__ = ["ManifestError", "Manifests", "QuotaInfo", "load_manifests"]
 
@@ -79,7 +79,7 @@ class _Document:
 
 def _documents(path: Path, problems: list[str]) -> list[tuple[int, Any]]:
     try:
-        return list(enumerate(yaml.safe_load_all(path.read_text()), start=1))
+        return list(enumerate(manifest_yaml.load_all(path.read_text()), start=1))
     except OSError as error:
         problems.append(f"{path}: cannot be read: {error.strerror}")
     except UnicodeDecodeError:
