@@ -128,15 +128,41 @@ def test_a_tail_of_zeros_left_by_a_crash_is_cut_off(appends: list[list[Row]], ze
             assert log.truncated_bytes == zeros
 
 
-def test_a_record_whose_bytes_changed_ends_the_log_there() -> None:
+def test_after_a_crash_a_record_whose_bytes_changed_ends_the_log_there() -> None:
     with folder() as path:
         appended = write(path, [[(1, b"a", b"first"), (2, b"b", b"second")]], 1 << 20)
+        (path / "clean").unlink()  # as a crash leaves it: the log was never closed
         segment = segments(path)[0]
         data = bytearray(segment.read_bytes())
         data[-1] ^= 0xFF  # the last byte of the second record's value
         segment.write_bytes(bytes(data))
         with EventLog.open(path, fsync=False) as log:
             assert list(log.read()) == expected(appended[:1])
+
+
+def test_a_changed_byte_in_a_log_closed_cleanly_is_reported_not_cut_off() -> None:
+    with folder() as path:
+        write(path, [[(1, b"a", b"first"), (2, b"b", b"second"), (3, b"c", b"third")]], 1 << 20)
+        segment = segments(path)[0]
+        data = bytearray(segment.read_bytes())
+        data[10] ^= 0xFF  # inside the first record: nothing a crash could have torn
+        segment.write_bytes(bytes(data))
+        with pytest.raises(LogDamaged, match=r"damaged record at byte 0 of \d+ in a log that was"):
+            EventLog.open(path, fsync=False)
+
+
+def test_the_record_of_a_clean_close_is_gone_once_the_log_is_open_again() -> None:
+    with folder() as path:
+        write(path, [[(1, b"a", b"first")]], 1 << 20)
+        assert (path / "clean").exists()
+        with EventLog.open(path, fsync=False) as log:
+            # a crash from now on may tear a write: it must not read as a clean close
+            assert not (path / "clean").exists()
+            log.append([(2, b"b", b"second")])
+        assert (path / "clean").read_text().split() == [
+            segments(path)[-1].name,
+            str(segments(path)[-1].stat().st_size),
+        ]
 
 
 def test_damage_before_the_last_segment_is_reported_not_silently_dropped() -> None:

@@ -27,6 +27,14 @@ from there. A damaged frame in an *earlier* segment cannot come from a crash (th
 were fsynced before the next one was created), so it is reported as :class:`LogDamaged` rather
 than silently dropping everything after it; so is a gap between segments' offsets.
 
+**A clean close is recorded.** The bytes of a torn write and damage to bytes written long
+before look alike in the active segment (a crash may persist the pages of its last write in any
+order). So :meth:`EventLog.close` writes a ``clean`` file naming the active segment and its
+length, and :meth:`EventLog.open` deletes it (durably) before anything is appended. A log opened
+with that file present, at that length, was not interrupted: damage in it is reported as
+:class:`LogDamaged` too, instead of cutting off everything after a changed byte. After a crash
+(no such file, or another length) recovery truncates as above.
+
 Only one process may write a log: :meth:`EventLog.open` takes an exclusive ``flock`` on a
 ``lock`` file in the folder and refuses (:class:`LogLocked`) when another holds it.
 
@@ -59,6 +67,8 @@ DEFAULT_SEGMENT_BYTES: Final = 64 << 20
 MAX_RECORD_BYTES: Final = 32 << 20
 """The largest payload accepted; a frame claiming more is treated as torn."""
 SUFFIX: Final = ".log"
+CLEAN: Final = "clean"
+"""Written by a clean close: ``<active segment name> <its length>``."""
 _FRAME: Final = struct.Struct(">II")
 _HEAD: Final = struct.Struct(">qi")
 _MIN_PAYLOAD: Final = _HEAD.size
@@ -191,6 +201,11 @@ class EventLog:
             raise LogLocked(f"{folder} is in use by another process") from None
         try:
             segments, truncated = cls._recover(folder, fsync=fsync)
+            clean = folder / CLEAN
+            if clean.exists():  # from now on, writes happen: a crash may tear them
+                clean.unlink()
+                if fsync:
+                    _fsync_folder(folder)
         except BaseException:
             lock.close()
             raise
@@ -209,6 +224,10 @@ class EventLog:
         segments: list[_Segment] = []
         truncated = 0
         expected = 0
+        try:
+            closed_cleanly = (folder / CLEAN).read_text().split()
+        except OSError:
+            closed_cleanly = []
         for index, path in enumerate(paths):
             stem = path.name.removesuffix(SUFFIX)
             if not stem.isdigit():
@@ -226,6 +245,12 @@ class EventLog:
                         f"{path}: damaged record at byte {good} of {len(data)}, before the last "
                         "segment (not the tail of an interrupted write); move the folder away "
                         "to start a new log"
+                    )
+                if closed_cleanly == [path.name, str(len(data))]:
+                    raise LogDamaged(
+                        f"{path}: damaged record at byte {good} of {len(data)} in a log that was "
+                        "closed cleanly (not the tail of an interrupted write); move the folder "
+                        "away to start a new log"
                     )
                 with path.open("r+b") as file:
                     file.truncate(good)
@@ -304,13 +329,21 @@ class EventLog:
             os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        """Flush, fsync and close; release the lock."""
+        """Flush, fsync and close; record the clean close; release the lock."""
         if self._file is not None:
             self._file.flush()
             if self.fsync:
                 os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
+            active = self._segments[-1]
+            with (self.folder / CLEAN).open("w") as clean:
+                clean.write(f"{active.path.name} {active.size}\n")
+                if self.fsync:
+                    clean.flush()
+                    os.fsync(clean.fileno())
+            if self.fsync:
+                _fsync_folder(self.folder)
         with contextlib.suppress(OSError):
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
         self._lock.close()
