@@ -8,10 +8,10 @@ not ignored. The Meter has window totals (written as its worker writes them), so
 answer rows.
 
 What the document cannot say is given to Schemathesis in its configuration: the namespace and
-the Meter that exist, and that a schema-valid query may still be refused with 400 — for rules
-across parameters or about the Meter (``to`` not after ``from``, a groupBy name the Meter does
-not have, a window size finer than the Meter stores), each with its reason; every other check
-applies to queries as to the rest.
+the Meter that exist, and that a schema-valid query (or subjects listing) may still be refused
+with 400 — for rules across parameters or about the Meter (``to`` not after ``from``, a groupBy
+name the Meter does not have, a window size finer than the Meter stores), each with its reason;
+every other check applies to them as to the rest.
 
 Found by it (2026-12-06): the document let through events the API refuses — extension
 attribute names other than lower-case letters and digits, extension values that are objects,
@@ -88,7 +88,7 @@ def test_every_endpoint_answers_as_the_openapi_document_says(
         f'"path.namespace" = "{NAMESPACE}"\n'
         f'"path.meterIdOrSlug" = "{METER}"\n'
         "[[operations]]\n"
-        'include-path-regex = "/query$"\n'
+        'include-path-regex = "/(query|subjects)$"\n'
         "checks.positive_data_acceptance.expected-statuses = [200, 400, 401, 403, 404]\n"
     )
     command = [

@@ -78,7 +78,7 @@ def _single(request: web.Request, name: str) -> str | None:
     """A parameter given at most once (a second value would be silently ignored otherwise)."""
     values = request.query.getall(name, [])
     if len(values) > 1:
-        raise ApiError(400, f"{name}: give it at most once")
+        raise ApiError(400, f"{name}: give it at most once", extensions={"parameter": name})
     return values[0] if values else None
 
 
@@ -89,7 +89,7 @@ def _instant(request: web.Request, name: str) -> datetime | None:
     try:
         return parse_timestamp(value)
     except ValueError as error:
-        raise ApiError(400, f"{name}: {error}") from None
+        raise ApiError(400, f"{name}: {error}", extensions={"parameter": name}) from None
 
 
 def parse_query(request: web.Request) -> Query:
@@ -102,12 +102,16 @@ def parse_query(request: web.Request) -> Query:
             size = WindowSize(size_name)
         except ValueError:
             raise ApiError(
-                400, f"windowSize: {size_name!r} is not one of MINUTE, HOUR, DAY, MONTH"
+                400,
+                f"windowSize: {size_name!r} is not one of MINUTE, HOUR, DAY, MONTH",
+                extensions={"parameter": "windowSize"},
             ) from None
     try:
         zone = time_zone(_single(request, "windowTimeZone") or "UTC")
     except ValueError as error:
-        raise ApiError(400, f"windowTimeZone: {error}") from None
+        raise ApiError(
+            400, f"windowTimeZone: {error}", extensions={"parameter": "windowTimeZone"}
+        ) from None
     subjects = params.getall("subject", [])
     filters: dict[str, str] = {}
     for key, value in params.items():
@@ -120,10 +124,11 @@ def parse_query(request: web.Request) -> Query:
                     400,
                     f"filterGroupBy: give each filter as filterGroupBy[name]=value "
                     f"(a deepObject, as in OpenMeter); got {key}={value!r}",
+                    extensions={"parameter": "filterGroupBy"},
                 )
             continue
         if match.group(1) in filters:
-            raise ApiError(400, f"{key}: give it at most once")
+            raise ApiError(400, f"{key}: give it at most once", extensions={"parameter": key})
         filters[match.group(1)] = value
     return Query(
         start=_instant(request, "from"),
