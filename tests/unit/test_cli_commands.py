@@ -141,6 +141,18 @@ def test_an_unreachable_api_is_one_line_naming_the_url_and_how_to_change_it() ->
     assert err.count("\n") == 1
 
 
+def test_progress_asked_for_is_drawn_also_when_standard_error_is_not_a_terminal(
+    api: StandIn, tmp_path: Path
+) -> None:
+    events = write_events(tmp_path / "events.jsonl", [f"customer-{n % 7}" for n in range(50)])
+    for flag, drawn in (("--progress", True), ("--no-progress", False), (None, False)):
+        code, _, err = kmeter(
+            "events", "send", str(events), "--api-url", api.url, *([flag] if flag else [])
+        )
+        assert code == 0, err
+        assert ("sending" in err) is drawn, (flag, err)
+
+
 def test_a_refused_token_says_how_to_pass_one(api: StandIn) -> None:
     code, _, err = kmeter("usage", "m", "--api-url", api.url, "--token", "wrong")
     assert code == 1

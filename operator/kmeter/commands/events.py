@@ -80,7 +80,8 @@ def progress_bar(
     if not show:
         yield lambda _: None
         return
-    from rich.progress import (  # noqa: PLC0415 - only on a terminal
+    from rich.console import Console  # noqa: PLC0415 - only when a bar is drawn
+    from rich.progress import (  # noqa: PLC0415
         BarColumn,
         DownloadColumn,
         Progress,
@@ -89,6 +90,8 @@ def progress_bar(
         TransferSpeedColumn,
     )
 
+    if not console.is_terminal:  # asked for with --progress: draw it anyway (rich would not)
+        console = Console(stderr=True, force_terminal=True, width=100)
     columns = (
         TextColumn("sending"),
         BarColumn(),
