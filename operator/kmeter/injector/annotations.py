@@ -14,7 +14,9 @@ resources) is checked here.
 A bad annotation never breaks a pod: :func:`read_annotations` returns a :class:`Refusal`, and
 the webhook admits the pod unchanged with a warning (:mod:`kmeter.injector.review`).
 Unknown ``kmeter.io/`` annotations are not refused — a later kmeter may know them — but they
-get a warning, since a typo (``kmeter.io/subject_from``) would otherwise go unnoticed.
+get a warning naming the closest known annotation (an admission warning and a Warning Event,
+:mod:`kmeter.injector.events`), since a typo (``kmeter.io/subject_from``) would otherwise go
+unnoticed.
 """
 
 from __future__ import annotations
