@@ -266,11 +266,17 @@ class ClientConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # The client closed its side (FIN): as nginx does, it has left — curl, aiohttp, httpx
-        # and the openai client all close so. Returning None closes the transport; the
-        # exchange in progress then ends in connection_lost as cut short (499 or the status
-        # so far, aborted), and its app connection is closed, so an app streaming an answer
-        # to nobody stops. Waiting for the answer instead would let a stream that hangs hold
-        # the event, and the app its work, for as long as the app likes.
+        # and the openai client all close so. With an exchange in progress the connection is
+        # aborted, not closed (a close would wait for the client to read what is buffered):
+        # connection_lost then ends the exchange as cut short (499 or the status so far,
+        # aborted) and closes its app connection, so an app streaming an answer to nobody
+        # stops now. Pipelined requests not yet passed to the app are dropped unbilled, like
+        # refused ones. Waiting for the answer instead would let a stream that hangs hold the
+        # event, and the app its work, for as long as the app likes. (A client that sends a
+        # request and half-closes on purpose, `nc -N`, gets no answer: the price of this.)
+        current = self.current
+        if current is not None and not current.finished and self.transport is not None:
+            self.transport.abort()
         return None
 
     def pause_writing(self) -> None:
@@ -328,7 +334,7 @@ class ClientConnection(asyncio.Protocol):
             raise _Refused(400, "CONNECT is not supported: this is a reverse proxy")
         version = parser.get_http_version()
         if version not in _VERSIONS:
-            raise _Refused(400, f"HTTP/{version} is not supported", malformed=True)
+            raise _Refused(505, f"HTTP/{version} is not supported", malformed=True)
         exchange.method = method.decode("ascii")
         exchange.is_head = method == b"HEAD"
         exchange.http11 = version == "1.1"

@@ -637,7 +637,7 @@ async def test_malformed_oversized_and_slow_requests_get_4xx_and_the_sidecar_sur
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert b"application/problem+json" in answer
     # requests HTTP/1.1 does not allow, refused before they reach the app (RFC 9112)
-    assert raw_exchange(port, b"GET /json\r\n\r\n").startswith(b"HTTP/1.1 400 ")  # HTTP/0.9
+    assert raw_exchange(port, b"GET /json\r\n\r\n").startswith(b"HTTP/1.1 505 ")  # HTTP/0.9
     assert raw_exchange(port, b"GET /json HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 400 ")
     two_hosts = b"GET /json HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"
     assert raw_exchange(port, two_hosts).startswith(b"HTTP/1.1 400 ")
