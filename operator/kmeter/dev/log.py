@@ -329,24 +329,29 @@ class EventLog:
             os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        """Flush, fsync and close; record the clean close; release the lock."""
-        if self._file is not None:
-            self._file.flush()
-            if self.fsync:
-                os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
-            active = self._segments[-1]
-            with (self.folder / CLEAN).open("w") as clean:
-                clean.write(f"{active.path.name} {active.size}\n")
+        """Flush, fsync and close; record the clean close; release the lock (always)."""
+        try:
+            if self._file is not None:
+                self._file.flush()
                 if self.fsync:
-                    clean.flush()
-                    os.fsync(clean.fileno())
+                    os.fsync(self._file.fileno())
+                self._file.close()
+                self._file = None
+                self._record_clean_close()
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+            self._lock.close()
+
+    def _record_clean_close(self) -> None:
+        active = self._segments[-1]
+        with (self.folder / CLEAN).open("w") as clean:
+            clean.write(f"{active.path.name} {active.size}\n")
             if self.fsync:
-                _fsync_folder(self.folder)
-        with contextlib.suppress(OSError):
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
-        self._lock.close()
+                clean.flush()
+                os.fsync(clean.fileno())
+        if self.fsync:
+            _fsync_folder(self.folder)
 
     def __enter__(self) -> EventLog:
         return self

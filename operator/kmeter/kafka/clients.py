@@ -12,6 +12,7 @@ a client that never started, so both helpers call it on every way out:
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Protocol, TypeVar
 
@@ -27,6 +28,7 @@ class Startable(Protocol):
 
 
 C = TypeVar("C", bound=Startable)
+log = logging.getLogger("kmeter.kafka")
 
 
 async def started(client: C) -> C:
@@ -35,7 +37,7 @@ async def started(client: C) -> C:
     try:
         await client.start()
     except BaseException:
-        await client.stop()
+        await _stop_quietly(client)
         raise
     return client
 
@@ -46,5 +48,16 @@ async def running(client: C) -> AsyncIterator[C]:
     try:
         await client.start()
         yield client
-    finally:
+    except BaseException:
+        await _stop_quietly(client)
+        raise
+    await client.stop()
+
+
+async def _stop_quietly(client: Startable) -> None:
+    """Stop on the way out of an error: the error (a cancellation, say) is the one to raise, not
+    a failure to stop (which would replace it, and could turn a shutdown into a retry)."""
+    try:
         await client.stop()
+    except Exception:
+        log.debug("stopping a Kafka client after an error failed", exc_info=True)

@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaProducer
 from kmeter import topics
 from kmeter.decisions import policy_key
 from kmeter.kafka.admin import KafkaAdmin
+from kmeter.kafka.clients import running
 from kmeter.kafka.groups import delete_consumer_group
 from kmeter.kafka.topics import delete_topics, describe_topics
 
@@ -58,10 +59,7 @@ async def withdraw_policies(kafka: KafkaAdmin, namespace: str, quotas: Iterable[
     producer = AIOKafkaProducer(
         **kafka.settings.client_options(), acks="all", enable_idempotence=True
     )
-    await producer.start()
-    try:
+    async with running(producer):
         sent = [await producer.send(topic, None, key=policy_key(name)) for name in names]
         await asyncio.gather(*sent)
-    finally:
-        await producer.stop()
     return len(names)
