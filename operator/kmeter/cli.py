@@ -119,6 +119,9 @@ def api(  # noqa: PLR0917 - one parameter per option, as typer wants
         refresh_seconds=refresh_seconds,
         metrics_port=metrics_port,
     )
+    if metrics_port is not None and metrics_port == port:
+        typer.echo("kmeter api: --metrics-port must differ from --port", err=True)
+        raise typer.Exit(2)
     try:
         settings.kafka()
     except ValueError as error:

@@ -153,6 +153,14 @@ def test_progress_asked_for_is_drawn_also_when_standard_error_is_not_a_terminal(
         assert ("sending" in err) is drawn, (flag, err)
 
 
+def test_the_api_refuses_one_port_for_both_its_requests_and_its_metrics() -> None:
+    code, _, err = kmeter(
+        "api", "--kafka-bootstrap", "k:9092", "--port", "9000", "--metrics-port", "9000"
+    )
+    assert code == 2
+    assert err == "kmeter api: --metrics-port must differ from --port\n"
+
+
 def test_a_refused_token_says_how_to_pass_one(api: StandIn) -> None:
     code, _, err = kmeter("usage", "m", "--api-url", api.url, "--token", "wrong")
     assert code == 1

@@ -221,26 +221,31 @@ async def running(settings: ApiSettings) -> AsyncIterator[web.AppRunner]:
         quotas=quotas,
     )
     runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.port).start()
-    runners = [runner]
+    listeners = [(runner, settings.port)]
     if settings.metrics_port is not None:
-        runners.append(web.AppRunner(metrics_app(materializer), access_log=None))
-        await runners[-1].setup()
-        await web.TCPSite(runners[-1], settings.host, settings.metrics_port).start()
-    tasks = [
-        asyncio.create_task(authenticator.run(), name="refresh tokens"),
-        asyncio.create_task(materializer.run(), name="refresh meters"),
-        asyncio.create_task(quotas.run(settings.refresh_seconds), name="follow quota decisions"),
-    ]
-    log.info("kmeter api listening on %s:%d", settings.host, settings.port)
+        metrics_runner = web.AppRunner(metrics_app(materializer), access_log=None)
+        listeners.append((metrics_runner, settings.metrics_port))
+    serving: list[web.AppRunner] = []
+    tasks: list[asyncio.Task[Any]] = []
     try:
+        for each, port in listeners:  # a port that cannot be had stops everything started
+            await each.setup()
+            serving.append(each)
+            await web.TCPSite(each, settings.host, port).start()
+        tasks = [
+            asyncio.create_task(authenticator.run(), name="refresh tokens"),
+            asyncio.create_task(materializer.run(), name="refresh meters"),
+            asyncio.create_task(
+                quotas.run(settings.refresh_seconds), name="follow quota decisions"
+            ),
+        ]
+        log.info("kmeter api listening on %s:%d", settings.host, settings.port)
         yield runner
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for each in runners:
+        for each in serving:
             await each.cleanup()
         await materializer.close()
         await quotas.close()

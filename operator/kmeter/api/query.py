@@ -128,7 +128,9 @@ def parse_query(request: web.Request) -> Query:
                 )
             continue
         if match.group(1) in filters:
-            raise ApiError(400, f"{key}: give it at most once", extensions={"parameter": key})
+            raise ApiError(
+                400, f"{key}: give it at most once", extensions={"parameter": "filterGroupBy"}
+            )
         filters[match.group(1)] = value
     return Query(
         start=_instant(request, "from"),

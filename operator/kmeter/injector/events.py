@@ -78,10 +78,10 @@ class EventPoster:
         self._tallies: dict[tuple[str, str], _Tally] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def post(self, workload: Workload, reason: str, kind: EventKind = REFUSED) -> None:
-        """Record that ``workload``'s pod was refused for ``reason`` (or injected with that
+    def post(self, workload: Workload, detail: str, kind: EventKind = REFUSED) -> None:
+        """Record that ``workload``'s pod was refused (or injected) with ``detail`` (why, or the
         warning); write the Event soon."""
-        name = event_name(workload, reason, kind)
+        name = event_name(workload, detail, kind)
         now = _timestamp()
         if len(self._tallies) >= MAX_TALLIES:
             self._forget_old()
@@ -93,7 +93,7 @@ class EventPoster:
         tally.last_write = time.monotonic()
         body = event_body(
             workload,
-            reason,
+            detail,
             kind,
             name=name,
             first=tally.first,
@@ -144,10 +144,10 @@ class EventPoster:
             await asyncio.wait(set(self._tasks), timeout=within)
 
 
-def event_name(workload: Workload, reason: str, kind: EventKind = REFUSED) -> str:
-    """``<object>.kmeter-<hash of the reason>``: one Event per workload and reason."""
+def event_name(workload: Workload, detail: str, kind: EventKind = REFUSED) -> str:
+    """``<object>.kmeter-<hash of the detail>``: one Event per workload and detail."""
     involved = workload.involved_object
-    key = f"{involved.get('uid', '')}\0{reason}"
+    key = f"{involved.get('uid', '')}\0{detail}"
     if kind is not REFUSED:  # the refusals' names stay as they were
         key += f"\0{kind.reason}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -156,7 +156,7 @@ def event_name(workload: Workload, reason: str, kind: EventKind = REFUSED) -> st
 
 def event_body(
     workload: Workload,
-    reason: str,
+    detail: str,
     kind: EventKind = REFUSED,
     *,
     name: str,
@@ -165,7 +165,7 @@ def event_body(
     count: int,
     instance: str,
 ) -> dict[str, object]:
-    message = f"pod {workload.pod}: {kind.lead}: {reason}"
+    message = f"pod {workload.pod}: {kind.lead}: {detail}"
     if len(message) > MAX_MESSAGE:
         message = message[: MAX_MESSAGE - 3] + "..."
     return {
