@@ -14,6 +14,7 @@ does nothing else meanwhile, and local reads are short next to a request.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
@@ -76,12 +77,17 @@ def summary(report: SendReport, lines_read: int) -> str:
 def progress_bar(
     console: Console, total: int | None, show: bool
 ) -> Iterator[Callable[[int], None]]:
-    """A function taking the bytes read so far, drawing a bar on ``console`` when ``show``."""
+    """A function taking the bytes read so far, drawing a bar on ``console`` when ``show``; where
+    a bar cannot be drawn (not a terminal, or TERM=dumb, with ``--progress``), a line a second."""
     if not show:
         yield lambda _: None
         return
-    from rich.console import Console  # noqa: PLC0415 - only when a bar is drawn
-    from rich.progress import (  # noqa: PLC0415
+    if not console.is_terminal or console.is_dumb_terminal:
+        lines = _ProgressLines(total)
+        yield lines
+        lines.finish()
+        return
+    from rich.progress import (  # noqa: PLC0415 - only on a terminal
         BarColumn,
         DownloadColumn,
         Progress,
@@ -90,8 +96,6 @@ def progress_bar(
         TransferSpeedColumn,
     )
 
-    if not console.is_terminal:  # asked for with --progress: draw it anyway (rich would not)
-        console = Console(stderr=True, force_terminal=True, width=100)
     columns = (
         TextColumn("sending"),
         BarColumn(),
@@ -102,6 +106,30 @@ def progress_bar(
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("send", total=total)
         yield lambda done: bar.update(task, completed=done)
+
+
+class _ProgressLines:
+    """Progress as plain lines on standard error, which a log keeps: at most one a second, and
+    the last."""
+
+    def __init__(self, total: int | None) -> None:
+        self.of = f" of {total:,}" if total is not None else ""
+        self.printed_at = float("-inf")
+        self.pending: int | None = None
+
+    def __call__(self, done: int) -> None:
+        if time.monotonic() - self.printed_at >= 1.0:
+            self._line(done)
+        else:
+            self.pending = done
+
+    def finish(self) -> None:
+        if self.pending is not None:
+            self._line(self.pending)
+
+    def _line(self, done: int) -> None:
+        sys.stderr.write(f"sending: {done:,}{self.of} bytes read\n")
+        self.printed_at, self.pending = time.monotonic(), None
 
 
 @app.command("send")
