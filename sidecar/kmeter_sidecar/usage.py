@@ -61,24 +61,20 @@ class JSONValueReader:
         self._max = max_bytes
         self._parts: list[bytes] = []
         self._size = 0
-        self.overflowed = False
+        self.too_large = False
 
     def feed(self, chunk: bytes) -> None:
-        if self.overflowed:
+        if self.too_large:
             return
         self._size += len(chunk)
         if self._size > self._max:
-            self.overflowed = True
+            self.too_large = True
             self._parts.clear()
         else:
             self._parts.append(chunk)
 
-    @property
-    def too_large(self) -> bool:
-        return self.overflowed
-
     def finish(self) -> dict[str, Any]:
-        if self.overflowed or not self._parts:
+        if self.too_large or not self._parts:
             return {}
         try:
             document = exactjson.loads(b"".join(self._parts))
@@ -97,6 +93,8 @@ class _Decoding:
 
     def __init__(self, inner: JSONValueReader | SSEValueReader, wbits: int, max_bytes: int):
         self._inner = inner
+        # a JSON body past its bound is read no further; an SSE stream skips the event only
+        self._whole_body = isinstance(inner, JSONValueReader)
         self._zlib = zlib.decompressobj(wbits)
         self._max = max_bytes
         self._broken = False
@@ -110,7 +108,7 @@ class _Decoding:
             while True:
                 self._inner.feed(data)
                 tail = self._zlib.unconsumed_tail
-                if not tail or getattr(self._inner, "overflowed", False):
+                if not tail or (self._whole_body and self._inner.too_large):
                     return
                 data = self._zlib.decompress(tail, self._max + 1)
         except zlib.error:
