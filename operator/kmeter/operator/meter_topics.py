@@ -70,7 +70,7 @@ def meter_topics(
     layouts = [own, *namespace_layouts]
     shared_partitions = max(layout.partitions for layout in layouts)
     shared_retention = max(layout.retention_ms for layout in layouts)
-    co_partitioned = max(shared_partitions, ingest_partitions)
+    co_partitioned = _co_partitioned(layouts, ingest_partitions)
     return [
         DesiredTopic(
             name=topics.ingest_topic(namespace),
@@ -108,8 +108,7 @@ def quota_topics(
 ) -> list[DesiredTopic]:
     """The namespace's quota decisions and notifications topics (see the module); the decisions
     topic is co-partitioned with the ingest topic, so ``ingest_partitions`` is a floor."""
-    layouts = [own, *namespace_layouts]
-    partitions = max(ingest_partitions, *(layout.partitions for layout in layouts))
+    partitions = _co_partitioned([own, *namespace_layouts], ingest_partitions)
     return [
         DesiredTopic(
             name=topics.quota_decisions_topic(namespace),
@@ -124,3 +123,9 @@ def quota_topics(
             configs={"cleanup.policy": "delete", "retention.ms": str(NOTIFICATIONS_RETENTION_MS)},
         ),
     ]
+
+
+def _co_partitioned(layouts: list[TopicLayout], ingest_partitions: int) -> int:
+    """Partitions of a topic written by ingest partition: as many as the ingest topic will have
+    — the most any Meter asks for, or more if it has more already (it never shrinks)."""
+    return max(ingest_partitions, *(layout.partitions for layout in layouts))
