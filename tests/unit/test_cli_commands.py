@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,6 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 from aiohttp import web
+from tests.support.api import KMETER
 from tests.support.http import serve_in_thread
 from tests.support.operator import free_port
 from typer.testing import CliRunner
@@ -159,6 +162,29 @@ def test_the_api_refuses_one_port_for_both_its_requests_and_its_metrics() -> Non
     )
     assert code == 2
     assert err == "kmeter api: --metrics-port must differ from --port\n"
+
+
+EXAMPLES_DEV = Path(__file__).resolve().parents[2] / "examples" / "dev"
+
+
+def test_a_port_the_api_cannot_have_is_one_line_and_status_1(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    with taken:
+        other = str(free_port())
+        for flags in (["--port", str(port)], ["--port", other, "--metrics-port", str(port)]):
+            ran = subprocess.run(
+                [KMETER, "api", "--kafka-bootstrap", f"127.0.0.1:{free_port()}",
+                 "--manifests", str(EXAMPLES_DEV), "--tokens", str(tmp_path / "none.yaml"),
+                 "--host", "127.0.0.1", *flags],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert ran.returncode == 1
+            assert ran.stderr.splitlines()[-1].startswith(
+                f"kmeter api: cannot listen on 127.0.0.1:{port}: "
+            )
 
 
 def test_a_refused_token_says_how_to_pass_one(api: StandIn) -> None:

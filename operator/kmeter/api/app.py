@@ -231,7 +231,7 @@ async def running(settings: ApiSettings) -> AsyncIterator[web.AppRunner]:
         for each, port in listeners:  # a port that cannot be had stops everything started
             await each.setup()
             serving.append(each)
-            await web.TCPSite(each, settings.host, port).start()
+            await _listen(each, settings.host, port)
         tasks = [
             asyncio.create_task(authenticator.run(), name="refresh tokens"),
             asyncio.create_task(materializer.run(), name="refresh meters"),
@@ -252,6 +252,13 @@ async def running(settings: ApiSettings) -> AsyncIterator[web.AppRunner]:
         await ingestor.close()
         if kube is not None:
             await kube.close()
+
+
+async def _listen(runner: web.AppRunner, host: str, port: int) -> None:
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as error:  # one line, not a traceback: a port in use, say
+        raise SystemExit(f"kmeter api: cannot listen on {host}:{port}: {error}") from None
 
 
 async def serve(settings: ApiSettings) -> None:
