@@ -4,8 +4,8 @@ Installs go into the real test cluster. With no kubelet, pods stay Pending; the 
 the usage API are instead run as local processes under tokens of the ServiceAccounts the chart
 created, so they have exactly the chart's RBAC.
 
-The Prometheus Operator's monitors (``metrics.serviceMonitor.enabled``) need its CRDs. The
-server-side dry run applies minimal stand-ins of ``servicemonitors`` and ``podmonitors``
+The Prometheus Operator's monitors (``metrics.podMonitor.enabled``) need its CRDs. The
+server-side dry run applies a minimal stand-in of the ``podmonitors`` CRD
 (:func:`monitoring_crd`, no field schema), so the API server checks the objects' kinds,
 metadata and namespaces, not their fields; the fields are checked by rendering
 (:func:`test_the_dashboard_and_monitors_use_only_metrics_the_processes_export`). kubeconform
@@ -219,7 +219,7 @@ def test_the_dashboard_and_monitors_use_only_metrics_the_processes_export(
     testenv: Environment,
 ) -> None:
     documents = render(
-        testenv, "metrics.serviceMonitor.enabled=true", "grafana.dashboard.enabled=true"
+        testenv, "metrics.podMonitor.enabled=true", "grafana.dashboard.enabled=true"
     )
     dashboard_map = the(documents, "ConfigMap", "demo-kmeter-dashboard")
     assert dashboard_map["metadata"]["labels"]["grafana_dashboard"] == "1"
@@ -254,7 +254,7 @@ def test_the_monitors_select_the_ports_and_labels_the_pods_really_have(
     from kmeter.operator import meter_worker  # noqa: PLC0415
     from kmeter.operator.settings import OperatorSettings  # noqa: PLC0415
 
-    documents = render(testenv, "metrics.serviceMonitor.enabled=true")
+    documents = render(testenv, "metrics.podMonitor.enabled=true")
     api_pod = the(documents, "Deployment", "demo-kmeter-api")["spec"]["template"]
     api_monitor = the(documents, "PodMonitor", "demo-kmeter-api")["spec"]
     assert api_monitor["selector"]["matchLabels"].items() <= api_pod["metadata"]["labels"].items()
@@ -317,8 +317,8 @@ def test_the_monitors_select_the_ports_and_labels_the_pods_really_have(
         (["kafka.bootstrapServers=k:9092", "api.service.type=Internal"], "/api/service/type"),
         (["kafka.bootstrapServers=k:9092", "api.port=80"], "/api/port"),
         (
-            ["kafka.bootstrapServers=k:9092", "metrics.serviceMonitor.interval=often"],
-            "/metrics/serviceMonitor/interval",
+            ["kafka.bootstrapServers=k:9092", "metrics.podMonitor.interval=often"],
+            "/metrics/podMonitor/interval",
         ),
         (
             ["kafka.bootstrapServers=k:9092", "grafana.dashboard.enable=true"],
@@ -384,10 +384,7 @@ def monitoring_crd(kind: str, plural: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def monitoring_crds(testenv: Environment) -> Iterator[None]:
     extensions = client.ApiextensionsV1Api(testenv.api_client())
-    crds = [
-        monitoring_crd("ServiceMonitor", "servicemonitors"),
-        monitoring_crd("PodMonitor", "podmonitors"),
-    ]
+    crds = [monitoring_crd("PodMonitor", "podmonitors")]
     existing = {crd.metadata.name for crd in extensions.list_custom_resource_definition().items}
     for crd in crds:
         if crd["metadata"]["name"] not in existing:
@@ -415,8 +412,8 @@ def test_the_api_server_accepts_the_chart_with_every_option_on(
         "--set", "kafka.sasl.secret.name=kafka-user", "--set", "kafka.tls.caSecret.name=kafka-ca",
         "--set", "kafka.sasl.tenantSecret.name=kafka-tenants",
         "--set", "api.replicas=3", "--set", "api.service.type=LoadBalancer",
-        "--set", "metrics.serviceMonitor.enabled=true",
-        "--set", "metrics.serviceMonitor.labels.release=prom",
+        "--set", "metrics.podMonitor.enabled=true",
+        "--set", "metrics.podMonitor.labels.release=prom",
         "--set", "grafana.dashboard.enabled=true",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
