@@ -45,7 +45,10 @@ emitted/spooled/replayed/dropped counts, are reported.
   on CPU 1 just before each paced run (best of five), and ``cpu1_steal_pct_paced``, CPU 1's
   steal time during it (medians; per round in ``at_1000_rounds``). This VM's neighbours move
   both, and every CPU figure with them: the same sidecar has measured 0.13 and 0.24 core per
-  1,000 rps ten minutes apart.
+  1,000 rps ten minutes apart. ``cpu1_wakeup_us``: the CPU an idle uvloop process spends per
+  wake-up after 1 ms and 10 ms of sleep, measured once before the runs; and per proxy,
+  ``paced_over_full_load``, its cores per 1,000 rps over its CPU-s per 1,000 requests at full
+  load — how much more a request costs when each one meets an idle process.
 
 The last line printed is one JSON object with every figure.
 """
@@ -290,6 +293,42 @@ def cpu1_python_loop_ms() -> float:
         os.sched_setaffinity(0, previous)
 
 
+_WAKEUP_PROBE = """
+import asyncio, json, resource, uvloop
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+async def probe():
+    costs = {}
+    for idle_ms, count in ((1, 1000), (10, 300)):
+        for _ in range(20):
+            await asyncio.sleep(idle_ms / 1000)
+        before = cpu()
+        for _ in range(count):
+            await asyncio.sleep(idle_ms / 1000)
+        costs[f"after_{idle_ms}ms_idle"] = round((cpu() - before) / count * 1e6, 1)
+    print(json.dumps(costs))
+uvloop.run(probe())
+"""
+
+
+def cpu1_wakeup_us() -> dict[str, float]:
+    """What waking an idle process costs on CPU 1 here: the CPU time (µs) a uvloop process
+    spends per ``asyncio.sleep`` of 1 ms and of 10 ms, doing nothing else. On this project's VM
+    it grows with the idle time (the caches go cold while the vCPU waits), and it is what
+    makes a request at 1,000 requests/s cost several times its cost under full load, nginx's
+    as much as the sidecar's (``paced_over_full_load``)."""
+    probe = subprocess.run(
+        ["taskset", "-c", "1", sys.executable, "-c", _WAKEUP_PROBE],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    costs: dict[str, float] = json.loads(probe.stdout)
+    return costs
+
+
 class Target(NamedTuple):
     """One thing measured: its URL, the pid whose CPU is counted (none for the app itself), and
     what to wait for before a paced run (the sidecar's event backlog)."""
@@ -361,6 +400,10 @@ def measure(
         if target.pid:
             result["cpu_s_per_1000_requests"] = round(1000 * work / peak["requests"], 4)
             result["cores_per_1000_rps"] = _median(runs, "cores_per_1000_rps")
+            # How much more a request costs at ~1,000 requests/s than under full load.
+            result["paced_over_full_load"] = round(
+                result["cores_per_1000_rps"] / max(result["cpu_s_per_1000_requests"], 1e-9), 2
+            )
             result["memory_kib"] = memory_kib(target.pid)
         result["at_1000_rounds"] = runs
         results[target.name] = result
@@ -512,6 +555,7 @@ def main() -> None:
             # the rest of the test environment move to CPU 0 with the load generator and app.
             moved = pin(testenv_tasks(), {0})
             results["testenv_threads_moved_to_cpu0"] = len(moved)
+            results["cpu1_wakeup_us"] = cpu1_wakeup_us()
             results.update(
                 measure(
                     [
