@@ -218,9 +218,7 @@ def exported_metric_names() -> set[str]:
 def test_the_dashboard_and_monitors_use_only_metrics_the_processes_export(
     testenv: Environment,
 ) -> None:
-    documents = render(
-        testenv, "metrics.podMonitor.enabled=true", "grafana.dashboard.enabled=true"
-    )
+    documents = render(testenv, "metrics.podMonitor.enabled=true", "grafana.dashboard.enabled=true")
     dashboard_map = the(documents, "ConfigMap", "demo-kmeter-dashboard")
     assert dashboard_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = json.loads(dashboard_map["data"]["kmeter.json"])
