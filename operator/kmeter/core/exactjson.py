@@ -130,19 +130,25 @@ def loads(raw: bytes | str) -> Any:
     return value
 
 
+_CONTAINERS: Final = (dict, list)  # a tuple: isinstance with `dict | list` is slower in 3.11
+
+
 def nesting_depth(value: object) -> int:
-    """How deeply arrays and objects nest in ``value`` (a scalar is 0, ``[]`` is 1)."""
+    """How deeply arrays and objects nest in ``value`` (a scalar is 0, ``[]`` is 1).
+
+    Only containers go on the stack: a batch of events is mostly scalars, and pushing each of
+    them too made this walk cost more than decoding the batch (~360 µs for 100 events, against
+    ~95 µs now and ~75 µs for orjson to decode them)."""
+    if not isinstance(value, _CONTAINERS):
+        return 0
     deepest = 0
-    stack: list[tuple[object, int]] = [(value, 0)]
+    stack: list[tuple[dict[Any, Any] | list[Any], int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            depth += 1
-            stack.extend((child, depth) for child in item.values())
-        elif isinstance(item, list):
-            depth += 1
-            stack.extend((child, depth) for child in item)
         deepest = max(deepest, depth)
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, _CONTAINERS):
+                stack.append((child, depth + 1))
     return deepest
 
 

@@ -115,6 +115,29 @@ def test_documents_nested_deeper_than_the_limit_are_refused() -> None:
     assert exactjson.nesting_depth(exactjson.loads(b"[" * fine + b"]" * fine)) == fine
 
 
+def depth_by_recursion(value: Any) -> int:
+    """The plain definition: one more than the deepest child, for arrays and objects."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return 1 + max((depth_by_recursion(child) for child in value), default=0)
+    return 0
+
+
+nested_values = st.recursive(
+    st.none() | st.integers() | st.text(max_size=2),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=3), children, max_size=4)
+    ),
+    max_leaves=40,
+)
+
+
+@given(nested_values)
+def test_nesting_depth_is_one_more_than_the_deepest_child(value: Any) -> None:
+    assert exactjson.nesting_depth(value) == depth_by_recursion(value)
+
+
 def test_invalid_json_gets_orjson_s_reason() -> None:
     with pytest.raises(exactjson.JSONDecodeError, match="line 1"):
         exactjson.loads(b'{"a": ')
