@@ -6,7 +6,10 @@ Both sides send the same CloudEvents (~250 bytes) in batches of 100 to the same 
 (6 partitions, key = subject, ``acks=all``, idempotent producer) with the same number of batches
 in flight. The API side is a real ``kmeter api`` process: HTTP, authentication, validation and
 exact decoding, re-encoding, producing, waiting for every acknowledgement. The baseline is one
-aiokafka producer in this process sending pre-encoded bytes. Prints one JSON line.
+aiokafka producer in this process sending pre-encoded bytes. Besides the rates (wall clock,
+which the load generator, Kafka and the API share two CPUs for, so they move between runs),
+it reports the CPU time each side spent per 1,000 events: the ``kmeter api`` process's, and
+this process's while it produced (nothing else runs in it then). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import orjson
@@ -35,7 +38,7 @@ from tests.support.api import (  # noqa: E402
     write_manifests,
     write_tokens,
 )
-from tests.support.processes import testenv_exports  # noqa: E402
+from tests.support.processes import cpu_seconds, testenv_exports  # noqa: E402
 
 from kmeter import topics  # noqa: E402
 
@@ -68,7 +71,16 @@ def batches(run: str, count: int) -> list[list[dict[str, Any]]]:
     return [events[i : i + BATCH] for i in range(0, count, BATCH)]
 
 
-async def through_api(url: str, work: list[list[dict[str, Any]]], concurrency: int) -> float:
+class Timed(NamedTuple):
+    """How long the events took to go through, and the CPU time of the process doing it."""
+
+    seconds: float
+    cpu_seconds: float
+
+
+async def through_api(
+    url: str, work: list[list[dict[str, Any]]], concurrency: int, api_pid: int
+) -> Timed:
     bodies = [orjson.dumps(batch) for batch in work]
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for body in bodies:
@@ -86,14 +98,14 @@ async def through_api(url: str, work: list[list[dict[str, Any]]], concurrency: i
                     if response.status != 204:
                         raise RuntimeError(f"{response.status}: {await response.text()}")
 
-        began = time.perf_counter()
+        began, cpu_before = time.perf_counter(), cpu_seconds(api_pid)
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - began
+        return Timed(time.perf_counter() - began, cpu_seconds(api_pid) - cpu_before)
 
 
 async def raw(
     servers: str, topic: str, work: list[list[dict[str, Any]]], concurrency: int
-) -> float:
+) -> Timed:
     encoded = [[(e["subject"].encode(), orjson.dumps(e)) for e in batch] for batch in work]
     producer = AIOKafkaProducer(
         bootstrap_servers=servers,
@@ -114,9 +126,9 @@ async def raw(
             await asyncio.gather(*futures)
 
     try:
-        began = time.perf_counter()
+        began, cpu_before = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - began
+        return Timed(time.perf_counter() - began, time.process_time() - cpu_before)
     finally:
         await producer.stop()
 
@@ -140,14 +152,18 @@ def main() -> None:
     )
     api.start()
     try:
-        asyncio.run(through_api(api.url, batches("warm", 2000), args.concurrency))
-        api_seconds = asyncio.run(through_api(api.url, batches(run, args.events), args.concurrency))
+        assert api.process is not None
+        pid = api.process.pid
+        asyncio.run(through_api(api.url, batches("warm", 2000), args.concurrency, pid))
+        work = batches(run, args.events)
+        api_run = asyncio.run(through_api(api.url, work, args.concurrency, pid))
     finally:
         api.stop()
-    raw_seconds = asyncio.run(
+    raw_run = asyncio.run(
         raw(servers, topics.ingest_topic(raw_ns), batches(run, args.events), args.concurrency)
     )
-    api_rate, raw_rate = args.events / api_seconds, args.events / raw_seconds
+    api_rate, raw_rate = args.events / api_run.seconds, args.events / raw_run.seconds
+    per_1000 = 1000 * 1000 / args.events  # CPU seconds for the run -> ms per 1,000 events
     print(
         orjson.dumps(
             {
@@ -158,6 +174,8 @@ def main() -> None:
                 "api_events_per_s": round(api_rate),
                 "raw_aiokafka_events_per_s": round(raw_rate),
                 "ratio": round(api_rate / raw_rate, 3),
+                "api_cpu_ms_per_1000_events": round(api_run.cpu_seconds * per_1000, 1),
+                "raw_cpu_ms_per_1000_events": round(raw_run.cpu_seconds * per_1000, 1),
                 "goal_ratio": 0.5,
             }
         ).decode()

@@ -76,12 +76,12 @@ from typing import Any, NamedTuple
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.support.processes import cpu_seconds  # noqa: E402
 from tests.support.sidecar import SIDECAR, SidecarProcess  # noqa: E402
 
 BODY = '{"ok":true,"usage":{"total_tokens":42}}'
 POISSON_SCRIPT = "function delay()\n  return -math.log(1 - math.random()) * 10\nend\n"
 BURST_SCRIPT = "function delay()\n  return 10\nend\n"
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -145,11 +145,6 @@ def worker_pid(master: subprocess.Popen[bytes]) -> int:
             return int(children[0])
         time.sleep(0.05)
     raise RuntimeError("nginx started no worker")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def memory_kib(pid: int) -> dict[str, int]:
