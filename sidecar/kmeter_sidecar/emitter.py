@@ -43,6 +43,7 @@ from typing import Any, Final, Protocol
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from kmeter.kafka.partitions import KeyPartitions
 from kmeter.kafka.settings import KafkaCredentialsMissing, KafkaSettings
 from kmeter.topics import ingest_topic
 from kmeter_sidecar.metrics import Metrics
@@ -58,8 +59,6 @@ _REPLAY_CHUNK: Final = 2_000
 _CLOSE_TASKS_TIMEOUT: Final = 10.0
 _BUILD_AT_LEAST: Final = 5
 _BUILD_STEPS: Final = 4
-_PARTITION_CACHE_MAX: Final = 10_000
-"""Subjects whose partition is remembered; past it the cache starts again (about 1 MB)."""
 
 Record = tuple[bytes, bytes]
 
@@ -105,8 +104,7 @@ class Emitter:
         self._closing = False
         self._credentials_problem = ""  # logged once per distinct problem
         self._sending_lock = asyncio.Lock()
-        self._partition_of: dict[bytes, int] = {}  # see _produce
-        self._partition_count = 0
+        self._partitions = KeyPartitions()
         self.waiting: WaitingEvents | None = None
         """Built before each batch, and at :meth:`close`; set by the sidecar."""
         metrics.watch(metrics.queue_depth, self._held)
@@ -336,24 +334,15 @@ class Emitter:
     async def _produce(self, producer: Any, records: Sequence[Record]) -> None:
         """One record batch per partition instead of a ``send`` per event: the per-event cost
         of ``send`` (a future, the accumulator, a wake-up) was a third of the sidecar's CPU at
-        1,000 requests/s. Partitions are chosen by the producer's own partitioner (as ``send``
-        does), so a subject's events land where every other producer puts them."""
+        1,000 requests/s. Each key goes where ``send`` would put it (Kafka's default
+        partitioner, :mod:`kmeter.kafka.partitions`), where every other producer puts it."""
         topic = self.topic
         partitions = await producer.partitions_for(topic)  # metadata, as send() waits for it
-        # A key's partition depends on the key and the partition count alone (murmur2, as in
-        # Kafka's Java client), and aiokafka computes murmur2 in Python, byte by byte: a few
-        # µs an event. Subjects repeat, so the answer is kept while the count stays.
-        cache = self._partition_of
-        if len(partitions) != self._partition_count or len(cache) > _PARTITION_CACHE_MAX:
-            cache.clear()
-            self._partition_count = len(partitions)
-        choose = producer._partition  # aiokafka's default partitioner, the one send() uses
+        choose = self._partitions.chooser(len(partitions))
         batches: dict[int, Any] = {}
         futures = []
         for key, value in records:
-            partition = cache.get(key)
-            if partition is None:
-                partition = cache[key] = choose(topic, None, None, None, key, value)
+            partition = choose(key)
             batch = batches.get(partition)
             if batch is None:
                 batch = batches[partition] = producer.create_batch()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import uuid
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 from tests.support.api import (
     ApiProcess,
     check_documented,
@@ -19,6 +21,7 @@ from tests.support.api import (
     write_manifests,
     write_tokens,
 )
+from tests.support.kafka import read_event_records
 from tests.support.operator import eventually
 
 from kmeter.api import openapi
@@ -96,6 +99,27 @@ def test_every_content_type_lands_exactly_once_keyed_by_subject(
     for original in sent:
         assert by_id[original["id"]]["data"] == original["data"]  # exact, no float rounding
         assert by_id[original["id"]]["time"] == "2024-05-01T12:00:00Z"
+
+
+def test_a_subjects_events_go_where_kafkas_default_partitioner_puts_them(
+    api: ApiProcess, kafka_bootstrap: str, namespace: str
+) -> None:
+    # Where every other producer (the sidecars, a client of Kafka) puts them: the worker's
+    # deduplication is per partition. Also for subjects the API has seen before, whose
+    # partitions it remembers.
+    run = uuid.uuid4().hex[:6]
+    subjects = [f"p-{run}-{number}" for number in range(12)]
+    for round_ in range(3):
+        batch = [event(100 * round_ + n, subject=subject) for n, subject in enumerate(subjects)]
+        assert post(api, batch, "application/cloudevents-batch+json").status == 204
+
+    records = asyncio.run(read_event_records(kafka_bootstrap, namespace))
+    placed = {(partition, key) for partition, key, found in records if run in found["subject"]}
+    assert {key for _, key in placed} == {subject.encode() for subject in subjects}
+    partitions = [0, 1]  # create_meter_topics'
+    for partition, key in placed:
+        assert partition == DefaultPartitioner()(key, partitions, partitions), key
+    assert len({partition for partition, _ in placed}) == 2
 
 
 def test_an_invalid_batch_is_refused_whole_naming_index_and_field(

@@ -2,8 +2,9 @@
 
 * Batches: every batch waits out ``--linger-ms`` for more events, also right after the previous
   one was acknowledged; a full batch goes at once.
-* Partitions: a key goes where Kafka's default partitioner puts it, though the emitter remembers
-  keys' partitions between batches (``Emitter._produce``).
+* Partitions: a key goes where Kafka's default partitioner puts it, for the partition count of
+  the moment, though the emitter remembers keys' partitions between batches
+  (``Emitter._produce``; the memory itself: ``tests/unit/test_kafka_partitions.py``).
 
 The real producer, and the partitions records really land in, are tested against Kafka in
 ``tests/integration/test_sidecar_proxy.py``. The batch tests wait for real (a few seconds), with
@@ -42,20 +43,12 @@ class RecordingProducer:
 
     def __init__(self, ack_delay: float = 0.0) -> None:
         self.partition_count = 3
-        self.partitioner_calls = 0
         self.placed: list[tuple[bytes, int]] = []
         self.sent: list[list[bytes]] = []  # the values of each batch sent, in order
         self.ack_delay = ack_delay
 
     async def partitions_for(self, topic: str) -> set[int]:
         return set(range(self.partition_count))
-
-    def _partition(self, *arguments: Any) -> int:
-        # (topic, partition, key, value, serialized key, serialized value), as in aiokafka
-        key = arguments[4]
-        self.partitioner_calls += 1
-        every = list(range(self.partition_count))
-        return int(DefaultPartitioner()(key, every, every))
 
     def create_batch(self) -> Batch:
         return Batch()
@@ -132,32 +125,9 @@ def test_every_key_goes_where_the_default_partitioner_puts_it_for_the_current_pa
             if grow:  # partitions are added to the topic between two batches
                 producer.partition_count += 2
             producer.placed.clear()
-            calls_before = producer.partitioner_calls
             await sender._produce(producer, [(key, b"{}") for key in batch_keys])
             every = list(range(producer.partition_count))
             expected = sorted((key, DefaultPartitioner()(key, every, every)) for key in batch_keys)
             assert sorted(producer.placed) == expected
-            # Each key is computed at most once per batch, and not at all when seen before at
-            # this partition count.
-            assert producer.partitioner_calls - calls_before <= len(set(batch_keys))
-
-    asyncio.run(run())
-
-
-def test_a_key_seen_before_is_not_hashed_again_until_the_partition_count_changes(
-    tmp_path: Path,
-) -> None:
-    producer = RecordingProducer()
-    sender = emitter(tmp_path)
-    records = [(b"customer-1", b"{}"), (b"customer-2", b"{}")]
-
-    async def run() -> None:
-        await sender._produce(producer, records)
-        assert producer.partitioner_calls == 2
-        await sender._produce(producer, records * 5)
-        assert producer.partitioner_calls == 2
-        producer.partition_count = 7
-        await sender._produce(producer, records)
-        assert producer.partitioner_calls == 4
 
     asyncio.run(run())
