@@ -5,10 +5,12 @@ aiokafka's default partitioner does: murmur2 of the key (the subject) modulo the
 count, as Kafka's Java client. So a subject's events land in one partition whoever sends them,
 which the worker's deduplication and a subject's order rely on (docs/guarantees.md).
 
-aiokafka computes murmur2 in Python, byte by byte: a few µs a record — about 13 % of the usage
-API's CPU per ingested event (docs/benchmarks.md). A key's partition depends on nothing but the
-key and the partition count, and subjects repeat, so :class:`KeyPartitions` remembers it per
-partition count (topics of different namespaces may have different counts).
+aiokafka computes murmur2 in Python, byte by byte: a few µs a record; remembering it cut the
+usage API's CPU per ingested event by about an eighth (docs/benchmarks.md). A key's partition
+depends on nothing but the key and the partition count, and subjects repeat, so
+:class:`KeyPartitions` remembers it per partition count (topics of different namespaces may
+have different counts). The memory is bounded when a chooser is made: a call adds at most the
+keys of one batch beyond :data:`_REMEMBERED`.
 """
 
 from __future__ import annotations
