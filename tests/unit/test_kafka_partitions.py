@@ -3,14 +3,12 @@ partitioner chooses for the partition count asked about, computed once per key a
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.support.partitioning import count_hashing
 
-from kmeter.kafka import partitions as module
 from kmeter.kafka.partitions import KeyPartitions
 
 
@@ -31,17 +29,23 @@ def test_every_key_gets_the_default_partitioners_choice_for_the_count_asked_abou
     remembered = KeyPartitions(most=most)
     for key, count in asked:
         assert remembered.chooser(count)(key) == default(key, count)
+        assert all(len(memory) <= most for memory in remembered._by_count.values())
+
+
+def test_the_memory_stays_bounded_within_one_chooser_and_skips_long_keys() -> None:
+    remembered = KeyPartitions(most=50)
+    choose = remembered.chooser(6)
+    for number in range(1_000):  # one large batch of distinct subjects
+        key = b"customer-%d" % number
+        assert choose(key) == default(key, 6)
+    assert len(remembered._by_count[6]) <= 50
+    long_key = b"x" * 100_000  # subjects have no length limit
+    assert choose(long_key) == default(long_key, 6)
+    assert long_key not in remembered._by_count[6]
 
 
 def test_a_key_is_hashed_once_per_partition_count(monkeypatch: pytest.MonkeyPatch) -> None:
-    hashed: list[bytes] = []
-
-    class Counting:
-        def __call__(self, key: bytes, *partitions: Any) -> Any:
-            hashed.append(key)
-            return DefaultPartitioner()(key, *partitions)
-
-    monkeypatch.setattr(module, "DefaultPartitioner", Counting)
+    hashed = count_hashing(monkeypatch)
     remembered = KeyPartitions()
     keys = [b"customer-1", b"customer-2"]
     for _ in range(5):

@@ -120,7 +120,12 @@ class Ingestor:
                 for event in events:
                     key = event.subject.encode()
                     value = encode_event(event)
-                    pending.append(await send(topic, value, key=key, partition=choose(key)))
+                    try:
+                        pending.append(await send(topic, value, key=key, partition=choose(key)))
+                    except AssertionError:  # aiokafka's check that a given partition exists
+                        raise KafkaUnavailable(
+                            f"{topic} lost partitions while producing (deleted and created again?)"
+                        ) from None
                 await asyncio.gather(*pending)
                 metrics.PRODUCE_SECONDS.observe(time.perf_counter() - began)
         except TimeoutError:

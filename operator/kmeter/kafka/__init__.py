@@ -11,7 +11,9 @@ One module per role, as aiokafka itself is laid out:
   says Kafka cannot be reached (``KafkaUnavailable``); :mod:`kmeter.kafka.clients` — starting
   consumers and producers so that one whose start fails is stopped, not leaked;
 * :mod:`kmeter.kafka.topics` — the topic reconciler: desired topics in, Kafka brought to them,
-  a typed outcome per topic back; :mod:`kmeter.kafka.groups` — consumer groups.
+  a typed outcome per topic back; :mod:`kmeter.kafka.groups` — consumer groups;
+* :mod:`kmeter.kafka.partitions` — the partition a subject's events go to (Kafka's default
+  partitioner), remembered, for the producers of usage events (the usage API, the sidecars).
 
 aiokafka is untyped: its results are turned into this package's frozen dataclasses at the
 boundary, and nothing untyped leaves it.

@@ -9,8 +9,9 @@ aiokafka computes murmur2 in Python, byte by byte: a few µs a record; rememberi
 usage API's CPU per ingested event by about an eighth (docs/benchmarks.md). A key's partition
 depends on nothing but the key and the partition count, and subjects repeat, so
 :class:`KeyPartitions` remembers it per partition count (topics of different namespaces may
-have different counts). The memory is bounded when a chooser is made: a call adds at most the
-keys of one batch beyond :data:`_REMEMBERED`.
+have different counts). The memory is bounded: at most :data:`_REMEMBERED` keys per partition
+count, none longer than :data:`_LONGEST` bytes (a longer key's partition is computed each time:
+subjects have no length limit, and a client could otherwise fill it with large ones).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from aiokafka.partitioner import DefaultPartitioner
 __all__ = ["KeyPartitions"]
 
 _REMEMBERED: Final = 10_000
-"""Keys remembered per partition count; past it that memory starts again (about 1 MB)."""
+"""Keys remembered per partition count; past it that memory starts again (at most ~4 MB)."""
+_LONGEST: Final = 256
+"""Bytes of the longest key remembered."""
 
 
 class KeyPartitions:
@@ -37,15 +40,18 @@ class KeyPartitions:
         """``key -> partition`` for a topic of ``count`` partitions (``0 .. count - 1``, as the
         producer's metadata has them), which is what ``send`` would choose for the key."""
         memo = self._by_count.setdefault(count, {})
-        if len(memo) > self._most:
-            memo.clear()
+        most = self._most
         partitions = list(range(count))
         partitioner = DefaultPartitioner()
 
         def choose(key: bytes) -> int:
             partition = memo.get(key)
             if partition is None:
-                partition = memo[key] = int(partitioner(key, partitions, partitions))
+                partition = int(partitioner(key, partitions, partitions))
+                if len(key) <= _LONGEST:
+                    if len(memo) >= most:
+                        memo.clear()
+                    memo[key] = partition
             return partition
 
         return choose

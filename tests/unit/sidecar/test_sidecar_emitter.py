@@ -17,9 +17,11 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.support.partitioning import count_hashing
 
 from kmeter.kafka.settings import KafkaSettings
 from kmeter_sidecar.emitter import Emitter
@@ -129,5 +131,24 @@ def test_every_key_goes_where_the_default_partitioner_puts_it_for_the_current_pa
             every = list(range(producer.partition_count))
             expected = sorted((key, DefaultPartitioner()(key, every, every)) for key in batch_keys)
             assert sorted(producer.placed) == expected
+
+    asyncio.run(run())
+
+
+def test_the_emitter_hashes_a_key_once_per_partition_count_across_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hashed = count_hashing(monkeypatch)
+    producer = RecordingProducer()
+    sender = emitter(tmp_path)
+    records = [(b"customer-1", b"{}"), (b"customer-2", b"{}")]
+
+    async def run() -> None:
+        await sender._produce(producer, records)
+        await sender._produce(producer, records * 5)
+        assert hashed == [b"customer-1", b"customer-2"]
+        producer.partition_count = 7
+        await sender._produce(producer, records)
+        assert hashed == [b"customer-1", b"customer-2"] * 2
 
     asyncio.run(run())
