@@ -92,15 +92,20 @@ class Ingestor:
         if producer is not None:
             await producer.stop()
 
-    async def _check_topic(self, producer: Any, topic: str) -> None:
+    async def _partition_count(self, producer: Any, topic: str) -> int:
+        """The topic's partitions in the producer's metadata, fetched when it has none yet;
+        :class:`NoIngestTopic` when Kafka does not know the topic."""
         client = producer.client
-        if client.cluster.partitions_for_topic(topic):
-            return
+        partitions = client.cluster.partitions_for_topic(topic)
+        if partitions:
+            return len(partitions)
         client.add_topic(topic)
         if not await client.force_metadata_update():
             raise KafkaUnavailable("no broker answered a metadata request")
-        if not client.cluster.partitions_for_topic(topic):
+        partitions = client.cluster.partitions_for_topic(topic)
+        if not partitions:
             raise NoIngestTopic(topic)
+        return len(partitions)
 
     async def produce(self, namespace: str, events: Sequence[UsageEvent]) -> None:
         """Write ``events`` to the namespace's ingest topic; return once Kafka acknowledged all.
@@ -111,11 +116,11 @@ class Ingestor:
         try:
             async with asyncio.timeout(self.timeout_s):
                 producer = await self._started()
-                await self._check_topic(producer, topic)
+                count = await self._partition_count(producer, topic)
                 began = time.perf_counter()
                 send = producer.send
                 # The partition send() would choose, without its murmur2 per event.
-                choose = self._partitions.chooser(_partition_count(producer, topic))
+                choose = self._partitions.chooser(count)
                 pending = []
                 for event in events:
                     key = event.subject.encode()
@@ -142,11 +147,6 @@ class Ingestor:
             producer, self._producer = self._producer, None
         if producer is not None:
             asyncio.create_task(producer.stop())  # noqa: RUF006 - let it flush in the background
-
-
-def _partition_count(producer: Any, topic: str) -> int:
-    """The topic's partitions in the producer's metadata (``_check_topic`` made sure of it)."""
-    return len(producer.client.cluster.partitions_for_topic(topic))
 
 
 def _validation_errors(problems: dict[int, Any], was_array: bool) -> list[dict[str, Any]]:

@@ -145,11 +145,9 @@ class EventPoster:
 
 
 def event_name(workload: Workload, detail: str, kind: EventKind = REFUSED) -> str:
-    """``<object>.kmeter-<hash of the detail>``: one Event per workload and detail."""
+    """``<object>.kmeter-<hash>``: one Event per workload, kind and detail."""
     involved = workload.involved_object
-    key = f"{involved.get('uid', '')}\0{detail}"
-    if kind is not REFUSED:  # the refusals' names stay as they were
-        key += f"\0{kind.reason}"
+    key = f"{involved.get('uid', '')}\0{kind.reason}\0{detail}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return f"{str(involved['name'])[:200]}.kmeter-{digest}"
 
